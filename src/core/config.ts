@@ -1,0 +1,302 @@
+/**
+ * The node's configuration: one YAML file, validated against a schema at start. An error names the key
+ * path and the reason, and nothing starts half-configured.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import YAML from 'yaml';
+import { DURATION_PATTERN, SIZE_PATTERN, parseDuration, parseSize } from './units.js';
+import { parseCidr } from './net.js';
+
+const Duration = (def: string, description: string) =>
+  Type.String({ pattern: DURATION_PATTERN, default: def, description });
+const Size = (def: string, description: string) =>
+  Type.Union([Type.String({ pattern: SIZE_PATTERN }), Type.Integer({ minimum: 0 })], { default: def, description });
+const Port = (def: number) => Type.Integer({ minimum: 0, maximum: 65535, default: def });
+const Host = (def: string) => Type.String({ minLength: 1, default: def });
+const Strict = <T extends Record<string, TSchema>>(props: T, def: object = {}) =>
+  Type.Object(props, { additionalProperties: false, default: def });
+
+const TlsFiles = Type.Object(
+  {
+    cert_file: Type.String({ minLength: 1, description: 'PEM certificate chain' }),
+    key_file: Type.String({ minLength: 1, description: 'PEM private key' }),
+  },
+  { additionalProperties: false },
+);
+
+const SubmissionListener = Strict({
+  host: Host('127.0.0.1'),
+  port: Port(2587),
+  tls: Type.Optional(TlsFiles),
+  max_message_size: Size('25MB', 'larger messages are refused with 552'),
+  max_recipients: Type.Integer({ minimum: 1, default: 1000 }),
+  max_connections_per_ip: Type.Integer({ minimum: 1, default: 50 }),
+  max_connections: Type.Integer({ minimum: 1, default: 2000 }),
+  idle_timeout: Duration('2m', 'close a session idle this long'),
+  data_timeout: Duration('10m', 'longest a client may take to send one message'),
+});
+
+const ControlListener = Strict({ host: Host('127.0.0.1'), port: Port(8025) });
+
+const SmtpUser = Type.Object(
+  { username: Type.String({ minLength: 1 }), password: Type.String({ minLength: 1 }), tenant: Type.String({ minLength: 1 }) },
+  { additionalProperties: false },
+);
+
+const Route = Type.Object(
+  {
+    domain: Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$', description: 'exact domain or *.suffix' }),
+    host: Type.String({ minLength: 1 }),
+    port: Type.Integer({ minimum: 1, maximum: 65535, default: 25 }),
+    auth: Type.Optional(Type.Object({ user: Type.String(), pass: Type.String() }, { additionalProperties: false })),
+    tls: Type.Optional(Type.Union([Type.Literal('required'), Type.Literal('opportunistic'), Type.Literal('none')])),
+  },
+  { additionalProperties: false },
+);
+
+const Source = Type.Object(
+  { name: Type.String({ minLength: 1 }), address: Type.String({ minLength: 1 }), ehlo: Type.String({ minLength: 1 }) },
+  { additionalProperties: false },
+);
+
+const DkimKey = Type.Object(
+  { domain: Type.String({ minLength: 1 }), selector: Type.String({ pattern: '^[A-Za-z0-9._-]+$' }), key_file: Type.String({ minLength: 1 }) },
+  { additionalProperties: false },
+);
+
+export const ConfigSchema = Strict({
+  hostname: Type.String({ minLength: 1, default: os.hostname(), description: 'name in greetings and Message-IDs' }),
+  data_dir: Type.String({ minLength: 1, default: './data' }),
+  log: Strict({
+    level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+    file: Type.Optional(Type.String({ description: 'write logs here instead of stdout' })),
+  }),
+  listeners: Strict({ submission: SubmissionListener, control: ControlListener }),
+  relay: Strict({ trusted_networks: Type.Array(Type.String(), { default: [] }) }),
+  smtp_users: Type.Array(SmtpUser, { default: [] }),
+  dns: Strict({
+    servers: Type.Array(Type.String({ minLength: 1 }), { default: [] }),
+    timeout: Duration('5s', 'per DNS query'),
+  }),
+  routes: Type.Array(Route, { default: [] }),
+  pools: Type.Record(Type.String({ minLength: 1 }), Strict({ sources: Type.Array(Source, { minItems: 1 }) }), {
+    default: { default: { sources: [{ name: 'default', address: '0.0.0.0', ehlo: os.hostname() }] } },
+  }),
+  tenants: Type.Record(Type.String({ minLength: 1 }), Strict({ pool: Type.String({ minLength: 1, default: 'default' }) }), {
+    default: { default: { pool: 'default' } },
+  }),
+  dkim: Strict({ keys: Type.Array(DkimKey, { default: [] }), workers: Type.Integer({ minimum: 0, default: 0, description: '0 = one per core' }) }),
+  delivery: Strict({
+    smtp_port: Type.Integer({ minimum: 1, maximum: 65535, default: 25, description: 'port of MX hosts (routes name their own)' }),
+    connections_per_site: Type.Integer({ minimum: 1, default: 20 }),
+    messages_per_connection: Type.Integer({ minimum: 1, default: 100 }),
+    recipients_per_transaction: Type.Integer({ minimum: 1, default: 100 }),
+    connect_timeout: Duration('30s', 'TCP connect and greeting'),
+    command_timeout: Duration('5m', 'one SMTP reply'),
+    data_timeout: Duration('10m', 'the reply after the message data'),
+    idle_timeout: Duration('5s', 'keep an idle outbound connection this long for reuse'),
+    mx_down_for: Duration('2m', 'skip an MX host that refused a connection for this long'),
+    memory_queue_limit: Type.Integer({ minimum: 100, default: 50_000, description: 'recipient groups held in memory' }),
+  }),
+  retry: Strict({
+    schedule: Type.Array(Type.String({ pattern: DURATION_PATTERN }), {
+      minItems: 1,
+      default: ['5m', '10m', '20m', '40m', '1h', '2h', '4h'],
+      description: 'wait before each retry; the last repeats',
+    }),
+    jitter: Type.Number({ minimum: 0, maximum: 1, default: 0.1 }),
+    max_age: Duration('3d', 'give up (expire) after this long'),
+  }),
+  events: Strict({ retention: Duration('7d', 'keep events this long') }),
+});
+
+export type RawConfig = Static<typeof ConfigSchema>;
+
+/** The validated configuration with durations and sizes in numbers, paths resolved. */
+export interface Config {
+  raw: RawConfig;
+  file: string | null;
+  hostname: string;
+  dataDir: string;
+  log: RawConfig['log'];
+  submission: Omit<RawConfig['listeners']['submission'], 'tls'> & { maxMessageSize: number; idleTimeoutMs: number; dataTimeoutMs: number; tls?: { cert: string; key: string } };
+  control: RawConfig['listeners']['control'];
+  trustedNetworks: ReturnType<typeof parseCidr>[];
+  smtpUsers: RawConfig['smtp_users'];
+  dns: { servers: string[]; timeoutMs: number };
+  routes: RawConfig['routes'];
+  pools: RawConfig['pools'];
+  tenants: RawConfig['tenants'];
+  dkim: { keys: Array<{ domain: string; selector: string; keyFile: string }>; workers: number };
+  delivery: {
+    smtpPort: number;
+    connectionsPerSite: number;
+    messagesPerConnection: number;
+    recipientsPerTransaction: number;
+    connectTimeoutMs: number;
+    commandTimeoutMs: number;
+    dataTimeoutMs: number;
+    idleTimeoutMs: number;
+    mxDownMs: number;
+    memoryQueueLimit: number;
+  };
+  retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
+  events: { retentionMs: number };
+}
+
+export class ConfigError extends Error {
+  constructor(public readonly problems: string[]) {
+    super(`config: ${problems.join('\nconfig: ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function pointerToPath(pointer: string): string {
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : acc ? `${acc}.${p}` : p), '');
+}
+
+function describe(value: unknown): string {
+  return value === undefined ? 'missing' : JSON.stringify(value);
+}
+
+/** Validates a parsed YAML document; returns the typed config or throws ConfigError listing every problem. */
+export function buildConfig(doc: unknown, file: string | null = null): Config {
+  if (doc === null || doc === undefined) doc = {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(['the file must hold a mapping of keys']);
+  const withDefaults = Value.Default(ConfigSchema, structuredClone(doc)) as RawConfig;
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  for (const err of Value.Errors(ConfigSchema, withDefaults)) {
+    const at = pointerToPath(err.path) || '(top level)';
+    if (seen.has(at)) continue; // a union reports once per branch; the first reason is enough
+    seen.add(at);
+    if (/additional/i.test(err.message)) {
+      // reported at the unknown key's own path; err.schema is the object that does not allow it
+      const allowed = Object.keys((err.schema as { properties?: object }).properties ?? {});
+      problems.push(`${at}: unknown key; the keys allowed here are ${allowed.join(', ')}`);
+    } else if (err.schema.pattern === DURATION_PATTERN) {
+      problems.push(`${at}: ${describe(err.value)} is not a duration; write it like "30s", "5m", "1h" or "3d"`);
+    } else {
+      problems.push(`${at}: ${describe(err.value)} is invalid: ${err.message.toLowerCase()}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return resolve(withDefaults, file, problems);
+}
+
+function resolve(raw: RawConfig, file: string | null, problems: string[]): Config {
+  const baseDir = file ? path.dirname(path.resolve(file)) : process.cwd();
+  // data_dir is relative to the working directory (npm start from the checkout uses ./data); files named
+  // in the config are relative to the config file, as in most daemons' configs.
+  const dataDir = path.resolve(raw.data_dir);
+  const fromConfig = (p: string) => path.resolve(baseDir, p);
+  const sub = raw.listeners.submission;
+
+  const trustedNetworks: Config['trustedNetworks'] = [];
+  raw.relay.trusted_networks.forEach((cidr, i) => {
+    try {
+      trustedNetworks.push(parseCidr(cidr));
+    } catch (err) {
+      problems.push(`relay.trusted_networks[${i}]: ${(err as Error).message}`);
+    }
+  });
+  raw.dns.servers.forEach((s, i) => {
+    if (!/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[0-9a-fA-F:]+)(:\d{1,5})?$/.test(s))
+      problems.push(`dns.servers[${i}]: "${s}" is not an IP address or ip:port`);
+  });
+  for (const [tenant, t] of Object.entries(raw.tenants)) {
+    if (!raw.pools[t.pool]) problems.push(`tenants.${tenant}.pool: pool "${t.pool}" is not defined under pools`);
+  }
+  raw.smtp_users.forEach((u, i) => {
+    if (!raw.tenants[u.tenant]) problems.push(`smtp_users[${i}].tenant: tenant "${u.tenant}" is not defined under tenants`);
+  });
+  const sourceNames = new Set<string>();
+  for (const [pool, p] of Object.entries(raw.pools)) {
+    p.sources.forEach((s, i) => {
+      if (sourceNames.has(s.name)) problems.push(`pools.${pool}.sources[${i}].name: source "${s.name}" is defined twice`);
+      sourceNames.add(s.name);
+      if (!/^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)$/.test(s.address))
+        problems.push(`pools.${pool}.sources[${i}].address: "${s.address}" is not an IP address`);
+    });
+  }
+  const dkimKeys = raw.dkim.keys.map((k, i) => {
+    const keyFile = fromConfig(k.key_file);
+    if (!fs.existsSync(keyFile)) problems.push(`dkim.keys[${i}].key_file: ${keyFile} does not exist; create it with "tern dkim keygen"`);
+    return { domain: k.domain.toLowerCase(), selector: k.selector, keyFile };
+  });
+  let tls: { cert: string; key: string } | undefined;
+  if (sub.tls) {
+    tls = { cert: fromConfig(sub.tls.cert_file), key: fromConfig(sub.tls.key_file) };
+    if (!fs.existsSync(tls.cert)) problems.push(`listeners.submission.tls.cert_file: ${tls.cert} does not exist`);
+    if (!fs.existsSync(tls.key)) problems.push(`listeners.submission.tls.key_file: ${tls.key} does not exist`);
+  }
+  let maxMessageSize = 0;
+  try {
+    maxMessageSize = parseSize(sub.max_message_size);
+  } catch (err) {
+    problems.push(`listeners.submission.max_message_size: ${(err as Error).message}`);
+  }
+  if (problems.length) throw new ConfigError(problems);
+
+  return {
+    raw,
+    file,
+    hostname: raw.hostname,
+    dataDir,
+    log: raw.log,
+    submission: {
+      ...sub,
+      maxMessageSize,
+      idleTimeoutMs: parseDuration(sub.idle_timeout),
+      dataTimeoutMs: parseDuration(sub.data_timeout),
+      tls,
+    },
+    control: raw.listeners.control,
+    trustedNetworks,
+    smtpUsers: raw.smtp_users,
+    dns: { servers: raw.dns.servers, timeoutMs: parseDuration(raw.dns.timeout) },
+    routes: raw.routes.map((r) => ({ ...r, domain: r.domain.toLowerCase() })),
+    pools: raw.pools,
+    tenants: raw.tenants,
+    dkim: { keys: dkimKeys, workers: raw.dkim.workers },
+    delivery: {
+      smtpPort: raw.delivery.smtp_port,
+      connectionsPerSite: raw.delivery.connections_per_site,
+      messagesPerConnection: raw.delivery.messages_per_connection,
+      recipientsPerTransaction: raw.delivery.recipients_per_transaction,
+      connectTimeoutMs: parseDuration(raw.delivery.connect_timeout),
+      commandTimeoutMs: parseDuration(raw.delivery.command_timeout),
+      dataTimeoutMs: parseDuration(raw.delivery.data_timeout),
+      idleTimeoutMs: parseDuration(raw.delivery.idle_timeout),
+      mxDownMs: parseDuration(raw.delivery.mx_down_for),
+      memoryQueueLimit: raw.delivery.memory_queue_limit,
+    },
+    retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
+    events: { retentionMs: parseDuration(raw.events.retention) },
+  };
+}
+
+/** Reads and validates a YAML config file. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([`cannot read ${file}: ${(err as Error).message}`]);
+  }
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text, { prettyErrors: true });
+  } catch (err) {
+    throw new ConfigError([`${file} is not valid YAML: ${(err as Error).message}`]);
+  }
+  return buildConfig(doc, file);
+}

@@ -1,0 +1,24 @@
+/** prom-client metrics, one registry per node so several nodes can share a process in tests. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly messagesAccepted = new Counter({ name: 'tern_messages_accepted_total', help: 'messages accepted into the spool', labelNames: ['listener'], registers: [this.registry] });
+  readonly recipientsAccepted = new Counter({ name: 'tern_recipients_accepted_total', help: 'recipients accepted into the spool', registers: [this.registry] });
+  readonly deliveries = new Counter({ name: 'tern_deliveries_total', help: 'delivery results per recipient', labelNames: ['result', 'site'], registers: [this.registry] });
+  readonly smtpRejections = new Counter({ name: 'tern_smtp_rejections_total', help: 'commands or messages refused at reception', labelNames: ['reason'], registers: [this.registry] });
+  readonly openConnections = new Gauge({ name: 'tern_outbound_connections', help: 'open outbound SMTP connections', labelNames: ['site'], registers: [this.registry] });
+  readonly inboundConnections = new Gauge({ name: 'tern_inbound_connections', help: 'open inbound SMTP sessions', labelNames: ['listener'], registers: [this.registry] });
+  readonly spoolCommitSeconds = new Histogram({
+    name: 'tern_spool_commit_seconds',
+    help: 'time from spool write to fsync completion for accepted messages',
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
+    registers: [this.registry],
+  });
+  readonly queueDepth = new Gauge({ name: 'tern_queue_recipients', help: 'recipients waiting, by tier', labelNames: ['tier'], registers: [this.registry] });
+  readonly readyQueueDepth = new Gauge({ name: 'tern_ready_queue_recipients', help: 'recipients in ready queues by site', labelNames: ['site'], registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'tern_' });
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * The embedded LMDB store and its events outbox. Modules open their own sub-databases through `Store.db()`
+ * and change state through `Store.transact()`, which writes the events of the change in the same LMDB
+ * transaction and publishes them only once that transaction is committed.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { EventEmitter } from 'node:events';
+import { open, type Database, type RootDatabase } from 'lmdb';
+
+export interface TernEvent {
+  seq: number;
+  at: number;
+  type: string;
+  [field: string]: unknown;
+}
+
+export interface Tx {
+  /** Records an event as part of this transaction. */
+  event(type: string, fields: Record<string, unknown>): void;
+}
+
+export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
+  readonly root: RootDatabase;
+  private readonly outbox: Database<{ at: number; type: string; [field: string]: unknown }, number>;
+  private seq: number;
+
+  constructor(dataDir: string) {
+    super();
+    fs.mkdirSync(dataDir, { recursive: true });
+    this.root = open({ path: path.join(dataDir, 'tern.lmdb'), maxDbs: 32, mapSize: 64 * 1024 ** 3 });
+    this.outbox = this.root.openDB({ name: 'events', keyEncoding: 'uint32' });
+    this.seq = 0;
+    for (const last of this.outbox.getKeys({ reverse: true, limit: 1 })) this.seq = last;
+  }
+
+  db<V = unknown, K extends import('lmdb').Key = import('lmdb').Key>(name: string, options: { encoding?: 'msgpack' | 'binary'; dupSort?: boolean } = {}): Database<V, K> {
+    return this.root.openDB<V, K>({ name, ...options });
+  }
+
+  /**
+   * Runs `change` inside one write transaction together with the events it records. Resolves once committed
+   * (visible), not once durable: call `durable()` before acknowledging anything to a client.
+   */
+  async transact<T>(change: (tx: Tx) => T): Promise<T> {
+    const events: TernEvent[] = [];
+    const result = await this.root.transaction(() => {
+      events.length = 0; // a retried callback must not publish twice
+      const tx: Tx = {
+        event: (type, fields) => {
+          const e: TernEvent = { seq: ++this.seq, at: Date.now(), type, ...fields };
+          events.push(e);
+          const { seq, ...stored } = e;
+          this.outbox.put(seq, stored);
+        },
+      };
+      return change(tx);
+    });
+    if (events.length) this.emit('events', events);
+    return result as T;
+  }
+
+  /** Resolves when everything committed so far is fsynced; concurrent callers share one fsync. */
+  durable(): Promise<void> {
+    return this.root.flushed as unknown as Promise<void>;
+  }
+
+  /** Reads events after `afterSeq`, oldest first. */
+  events(afterSeq = 0, limit = 1000): TernEvent[] {
+    const out: TernEvent[] = [];
+    for (const { key, value } of this.outbox.getRange({ start: afterSeq + 1, limit, snapshot: false })) {
+      out.push({ seq: key, ...value } as TernEvent);
+    }
+    return out;
+  }
+
+  /** Deletes events older than `before` (epoch ms); returns how many went. */
+  async pruneEvents(before: number, batch = 10_000): Promise<number> {
+    let removed = 0;
+    for (;;) {
+      const old: number[] = [];
+      for (const { key, value } of this.outbox.getRange({ limit: batch, snapshot: false })) {
+        if (value.at >= before) break;
+        old.push(key);
+      }
+      if (!old.length) return removed;
+      await this.root.transaction(() => old.forEach((k) => this.outbox.remove(k)));
+      removed += old.length;
+      if (old.length < batch) return removed;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.root.flushed;
+    await this.root.close();
+  }
+}

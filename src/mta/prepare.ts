@@ -1,0 +1,143 @@
+/**
+ * Message preparation: the named steps every accepted message goes through before it is spooled.
+ *   checkLineEndings → parseHeaders → checkAddresses → completeHeaders → sign
+ * Pure: bytes in, bytes (or a refusal) out. It runs in worker threads (see prepare-pool.ts).
+ */
+import { dkimSignatures, type SigningKey } from './dkim.js';
+import { parseAddressHeader, domainOf } from './address.js';
+import { splitMessage, joinMessage, type HeaderField } from './headers.js';
+
+export interface PrepareInput {
+  raw: Uint8Array;
+  /** the node's name, used in an added Message-ID */
+  hostname: string;
+  /** a unique id for an added Message-ID's left part */
+  id: string;
+  /** SMTPUTF8 was given: UTF-8 addresses are fine */
+  utf8: boolean;
+  now?: number;
+}
+
+export interface Refusal {
+  ok: false;
+  /** SMTP reply code and enhanced status for the client */
+  code: number;
+  status: string;
+  reason: string;
+}
+
+export interface Prepared {
+  ok: true;
+  message: Uint8Array;
+  messageId: string;
+  fromDomain: string;
+  signedBy: string[];
+}
+
+const MAX_LINE = 998;
+
+const refuse = (code: number, status: string, reason: string): Refusal => ({ ok: false, code, status, reason });
+
+/**
+ * Refuses NUL, bare CR, bare LF and over-long lines. A bare CR or LF is how SMTP smuggling hides a second
+ * message inside the first (`\n.\n`, `\r.\r`…): no such byte may reach the spool or another MTA.
+ */
+export function checkLineEndings(raw: Uint8Array): Refusal | null {
+  const buf = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (buf.indexOf(0) !== -1) return refuse(554, '5.6.0', 'Message contains a NUL byte; NUL is not allowed in mail');
+  let lineStart = 0;
+  let lf = buf.indexOf(10);
+  let cr = buf.indexOf(13);
+  while (lf !== -1) {
+    if (lf === 0 || buf[lf - 1] !== 13) return refuse(554, '5.6.0', 'Message contains a bare LF; lines must end with CRLF');
+    if (cr !== -1 && cr < lf - 1) return refuse(554, '5.6.0', 'Message contains a bare CR; lines must end with CRLF');
+    if (lf - 1 - lineStart > MAX_LINE) return refuse(554, '5.6.0', `Message has a line longer than ${MAX_LINE} octets; wrap or encode it`);
+    lineStart = lf + 1;
+    cr = buf.indexOf(13, lineStart);
+    lf = buf.indexOf(10, lineStart);
+  }
+  if (cr !== -1) return refuse(554, '5.6.0', 'Message contains a bare CR; lines must end with CRLF');
+  if (buf.length - lineStart > MAX_LINE) return refuse(554, '5.6.0', `Message has a line longer than ${MAX_LINE} octets; wrap or encode it`);
+  return null;
+}
+
+const ADDRESS_HEADERS: Record<string, { allowGroups: boolean; single?: boolean }> = {
+  from: { allowGroups: false },
+  sender: { allowGroups: false, single: true },
+  'reply-to': { allowGroups: true },
+  to: { allowGroups: true },
+  cc: { allowGroups: true },
+  bcc: { allowGroups: true },
+};
+
+function checkAddresses(fields: HeaderField[], utf8: boolean): Refusal | { fromDomain: string } {
+  const froms = fields.filter((f) => f.lname === 'from');
+  if (froms.length !== 1) return refuse(550, '5.6.0', froms.length ? 'Message has more than one From header' : 'Message has no From header; add one');
+  let fromDomain = '';
+  for (const f of fields) {
+    const rule = ADDRESS_HEADERS[f.lname];
+    if (!rule) continue;
+    const value = Buffer.from(f.value, 'latin1').toString('utf8').replace(/\r\n(?=[ \t])/g, '').trim();
+    if (!value && (f.lname === 'bcc' || f.lname === 'cc' || f.lname === 'to')) continue;
+    const parsed = parseAddressHeader(value, { utf8, ...rule });
+    if ('error' in parsed) return refuse(550, '5.6.0', `${f.name} header: ${parsed.error}`);
+    if (f.lname === 'from') fromDomain = domainOf(parsed.addresses[0]!);
+  }
+  return { fromDomain };
+}
+
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const pad = (n: number) => String(n).padStart(2, '0');
+
+/** RFC 5322 date-time in UTC. */
+export function rfc5322Date(ms: number): string {
+  const d = new Date(ms);
+  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
+}
+
+export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string) => SigningKey[]): Prepared | Refusal {
+  const now = input.now ?? Date.now();
+  const lineProblem = checkLineEndings(input.raw);
+  if (lineProblem) return lineProblem;
+
+  const text = Buffer.from(input.raw.buffer, input.raw.byteOffset, input.raw.byteLength).toString('latin1');
+  const { fields, body, malformed } = splitMessage(text);
+  if (malformed !== undefined) return refuse(550, '5.6.0', `Malformed header line "${malformed.slice(0, 60)}"; headers are "Name: value"`);
+
+  const checked = checkAddresses(fields, input.utf8);
+  if ('ok' in checked) return checked;
+
+  // Bcc must not travel (RFC 5322 §3.6.3): the envelope already carries those recipients.
+  const kept = fields.filter((f) => f.lname !== 'bcc');
+  let messageIdField = kept.find((f) => f.lname === 'message-id');
+  if (!messageIdField) {
+    messageIdField = { name: 'Message-ID', lname: 'message-id', value: ` <${input.id}@${input.hostname}>` };
+    kept.push(messageIdField);
+  }
+  if (!kept.some((f) => f.lname === 'date')) kept.push({ name: 'Date', lname: 'date', value: ` ${rfc5322Date(now)}` });
+
+  const keys = keysFor(checked.fromDomain);
+  const signatures = dkimSignatures(kept, body, keys, now);
+  const message = Buffer.from(signatures + joinMessage(kept, body), 'latin1');
+  return {
+    ok: true,
+    message,
+    messageId: Buffer.from(messageIdField.value, 'latin1').toString('utf8').trim(),
+    fromDomain: checked.fromDomain,
+    signedBy: keys.map((k) => `${k.selector}._domainkey.${k.domain}`),
+  };
+}
+
+/** Finds the keys for a From domain: its own, else the nearest parent domain that has keys. */
+export function keyLookup(keys: SigningKey[]): (domain: string) => SigningKey[] {
+  const byDomain = new Map<string, SigningKey[]>();
+  for (const k of keys) byDomain.set(k.domain, [...(byDomain.get(k.domain) ?? []), k]);
+  return (domain) => {
+    for (let d = domain; d.includes('.'); d = d.slice(d.indexOf('.') + 1)) {
+      const found = byDomain.get(d);
+      if (found) return found;
+    }
+    return [];
+  };
+}

@@ -1,0 +1,441 @@
+/**
+ * The three tiers, named as in DESIGN.md:
+ *   scheduled queue (per tenant:campaign@domain) → ready queue (per egress source → site) → connection.
+ *
+ * The scheduler holds at most `memoryQueueLimit` jobs in memory; everything else waits in the spool's
+ * time-ordered schedule index and is read in due order through a cursor, so memory stays flat however
+ * many recipients are queued and each step is an O(log n) B-tree operation.
+ */
+import type { Logger } from '../core/log.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Config } from '../core/config.js';
+import { DestinationResolver, type Site } from './destination.js';
+import { OutboundConnection, DeliveryError, type TlsPolicy } from './smtp-client.js';
+import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type Spool } from './spool.js';
+
+export interface EgressSource {
+  name: string;
+  address: string;
+  ehlo: string;
+  pool: string;
+}
+
+export interface DeliveryLimits {
+  connections: number;
+  messagesPerConnection: number;
+  recipientsPerTransaction: number;
+  idleTimeoutMs: number;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+  dataTimeoutMs: number;
+}
+
+/** Jobs bound for one site from one source, and the connections that drain them. */
+export class ReadyQueue {
+  private jobs: Job[] = [];
+  private head = 0;
+  /** queued jobs by message, so that recipients of one message for one site share a transaction */
+  private readonly byMessage = new Map<string, Job[]>();
+  private readonly taken = new WeakSet<Job>();
+  private waiters: Array<() => void> = [];
+  connections = 0;
+  /** connections not yet able to take a job (connecting) */
+  connecting = 0;
+  idle = 0;
+  recipients = 0;
+  delivered = 0;
+
+  constructor(
+    readonly key: string,
+    readonly source: EgressSource,
+    readonly site: Site,
+  ) {}
+
+  get length(): number {
+    return this.jobs.length - this.head;
+  }
+
+  push(job: Job): void {
+    this.jobs.push(job);
+    this.recipients += job.rcpts.length;
+    const same = this.byMessage.get(job.msgId);
+    if (same) same.push(job);
+    else this.byMessage.set(job.msgId, [job]);
+    const w = this.waiters.shift();
+    if (w) w();
+  }
+
+  /** Next transaction: one job plus queued jobs of the same message, up to `maxRecipients`. */
+  take(maxRecipients: number): Job[] | null {
+    while (this.head < this.jobs.length) {
+      const job = this.jobs[this.head]!;
+      this.jobs[this.head++] = undefined as unknown as Job;
+      if (this.head > 1024 && this.head * 2 > this.jobs.length) {
+        this.jobs = this.jobs.slice(this.head);
+        this.head = 0;
+      }
+      if (this.taken.has(job)) continue;
+      const batch = [job];
+      this.taken.add(job);
+      let count = job.rcpts.length;
+      const siblings = this.byMessage.get(job.msgId)!;
+      for (const s of siblings) {
+        if (this.taken.has(s) || count + s.rcpts.length > maxRecipients) continue;
+        batch.push(s);
+        this.taken.add(s);
+        count += s.rcpts.length;
+      }
+      const left = siblings.filter((s) => !this.taken.has(s));
+      if (left.length) this.byMessage.set(job.msgId, left);
+      else this.byMessage.delete(job.msgId);
+      this.recipients -= count;
+      return batch;
+    }
+    return null;
+  }
+
+  /** Removes and returns every queued job (used when the site cannot be reached at all). */
+  drain(): Job[] {
+    const out: Job[] = [];
+    for (let batch = this.take(Infinity); batch; batch = this.take(Infinity)) out.push(...batch);
+    return out;
+  }
+
+  wakeAll(): void {
+    this.waiters.splice(0).forEach((w) => w());
+  }
+
+  /** Resolves true when a job arrives, false after `ms`. */
+  waitForJob(ms: number): Promise<boolean> {
+    if (this.length) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== wake);
+        resolve(false);
+      }, ms);
+      this.waiters.push(wake);
+    });
+  }
+}
+
+interface SchedulerDeps {
+  config: Config;
+  spool: Spool;
+  resolver: DestinationResolver;
+  log: Logger;
+  metrics: Metrics;
+}
+
+export class Scheduler {
+  private readonly inMemory = new Set<string>();
+  private readonly readyQueues = new Map<string, ReadyQueue>();
+  /** jobs waiting for their domain to resolve, by scheduled queue name */
+  private readonly scheduled = new Map<string, number>();
+  private readonly sourcesByPool = new Map<string, EgressSource[]>();
+  private readonly rotation = new Map<string, number>();
+  private cursor: ScheduleKey | [number] | null = null;
+  private backlog = true; // true until the first scan has read what the spool already holds
+  private timer: NodeJS.Timeout | null = null;
+  private scanQueued = false;
+  private stopping = false;
+  private readonly connections = new Set<OutboundConnection>();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private queuedRecipients = 0;
+  readonly limits: DeliveryLimits;
+
+  constructor(private readonly deps: SchedulerDeps) {
+    const d = deps.config.delivery;
+    this.limits = {
+      connections: d.connectionsPerSite,
+      messagesPerConnection: d.messagesPerConnection,
+      recipientsPerTransaction: d.recipientsPerTransaction,
+      idleTimeoutMs: d.idleTimeoutMs,
+      connectTimeoutMs: d.connectTimeoutMs,
+      commandTimeoutMs: d.commandTimeoutMs,
+      dataTimeoutMs: d.dataTimeoutMs,
+    };
+    for (const [pool, p] of Object.entries(deps.config.pools)) this.sourcesByPool.set(pool, p.sources.map((s) => ({ ...s, pool })));
+  }
+
+  start(): void {
+    for (const job of this.deps.spool.due(null, Number.MAX_SAFE_INTEGER)) this.queuedRecipients += job.rcpts.length;
+    this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
+    this.scan();
+  }
+
+  /** Newly accepted jobs: admitted straight away while there is room and nothing older waits. */
+  enqueue(jobs: Job[]): void {
+    for (const job of jobs) this.queuedRecipients += job.rcpts.length;
+    if (!this.backlog && this.inMemory.size < this.deps.config.delivery.memoryQueueLimit) this.admit(jobs);
+    else for (const job of jobs) this.rewind(job.key);
+    this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
+  }
+
+  /** Makes the scanner look at `key` again (it was written behind the cursor). */
+  private rewind(key: ScheduleKey): void {
+    this.backlog = true;
+    if (this.cursor && (this.cursor[0] > key[0] - 1 || this.cursor.length === 1)) this.cursor = [Math.min(this.cursor[0], key[0] - 1)];
+    this.requestScan();
+  }
+
+  private requestScan(): void {
+    if (this.scanQueued || this.stopping) return;
+    this.scanQueued = true;
+    setImmediate(() => {
+      this.scanQueued = false;
+      this.scan();
+    });
+  }
+
+  /** Reads due jobs from the spool in due order, as many as there is room for. */
+  private scan(): void {
+    if (this.stopping) return;
+    if (this.timer) clearTimeout(this.timer);
+    const limit = this.deps.config.delivery.memoryQueueLimit;
+    const now = Date.now();
+    let full = false;
+    // jobs of one message are adjacent in the index (same due time and id): admit them together
+    let group: Job[] = [];
+    for (const job of this.deps.spool.due(this.cursor as ScheduleKey | null, now)) {
+      if (group.length && group[0]!.msgId !== job.msgId) {
+        this.admit(group);
+        group = [];
+      }
+      if (this.inMemory.size + group.length >= limit) {
+        full = true;
+        break;
+      }
+      this.cursor = job.key;
+      if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
+    }
+    if (group.length) this.admit(group);
+    this.backlog = full;
+    const next = this.deps.spool.nextDue();
+    const wait = full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
+    this.timer = setTimeout(() => this.scan(), wait);
+    this.timer.unref();
+  }
+
+  /**
+   * Takes jobs (all of one message) into memory. They are routed together once every domain is resolved,
+   * so that recipients on domains sharing a site land in the ready queue side by side and share a transaction.
+   */
+  private admit(jobs: Job[]): void {
+    for (const job of jobs) this.inMemory.add(jobKeyString(job.key));
+    const source = this.pickSource(jobs[0]!.tenant);
+    const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
+    if (cached.every((d) => d)) {
+      jobs.forEach((job, i) => this.route(job, cached[i]!, source));
+      return;
+    }
+    const names = jobs.map((job) => queueName(job.tenant, job.campaign, job.domain));
+    for (const q of names) this.scheduled.set(q, (this.scheduled.get(q) ?? 0) + 1);
+    this.track(
+      Promise.all(jobs.map((job) => this.deps.resolver.resolve(job.domain))).then((dests) => {
+        for (const q of names) {
+          const left = (this.scheduled.get(q) ?? 1) - 1;
+          if (left) this.scheduled.set(q, left);
+          else this.scheduled.delete(q);
+        }
+        jobs.forEach((job, i) => this.route(job, dests[i]!, source));
+      }),
+    );
+  }
+
+  private route(job: Job, dest: Awaited<ReturnType<DestinationResolver['resolve']>>, source: EgressSource): void {
+    if (!dest.ok) {
+      const result = dest.permanent ? 'failed' : 'deferred';
+      this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: dest.response })), 'dns');
+      return;
+    }
+    const key = `${source.name}->${dest.site.key}`;
+    let rq = this.readyQueues.get(key);
+    if (!rq) {
+      rq = new ReadyQueue(key, source, dest.site);
+      this.readyQueues.set(key, rq);
+    }
+    rq.push(job);
+    this.pump(rq);
+  }
+
+  private pickSource(tenant: string): EgressSource {
+    const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
+    const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
+    const n = this.rotation.get(pool) ?? 0;
+    this.rotation.set(pool, n + 1);
+    return sources[n % sources.length]!;
+  }
+
+  /** Opens connections while the backlog exceeds the idle ones, up to the limit. */
+  private pump(rq: ReadyQueue): void {
+    while (!this.stopping && rq.length > rq.idle + rq.connecting && rq.connections < this.limits.connections) {
+      rq.connections++;
+      this.track(this.runConnection(rq).finally(() => rq.connections--));
+    }
+  }
+
+  private track<T>(p: Promise<T>): void {
+    const tracked = p.catch((err) => this.deps.log.error({ err }, 'scheduler task failed')).finally(() => this.inflight.delete(tracked));
+    this.inflight.add(tracked);
+  }
+
+  private async connect(rq: ReadyQueue): Promise<{ conn: OutboundConnection; mx: string } | { error: DeliveryError }> {
+    const { resolver } = this.deps;
+    const route = rq.site.route;
+    let lastError = new DeliveryError('no MX host could be reached', '451 4.4.1 No MX host could be reached', null, true);
+    let tried = 0;
+    for (const host of rq.site.hosts) {
+      let addresses: string[];
+      try {
+        addresses = await resolver.hostAddresses(host.name);
+      } catch (err) {
+        lastError = new DeliveryError('MX lookup failed', `451 4.4.3 Cannot resolve MX host ${host.name}: ${(err as Error).message}`, null, true);
+        continue;
+      }
+      for (const address of addresses) {
+        if (resolver.isDown(address, host.port)) continue;
+        tried++;
+        try {
+          const conn = await OutboundConnection.open({
+            address,
+            port: host.port,
+            servername: host.name,
+            localAddress: rq.source.address,
+            ehlo: rq.source.ehlo,
+            tls: (route?.tls as TlsPolicy | undefined) ?? 'opportunistic',
+            auth: route?.auth,
+            connectTimeoutMs: this.limits.connectTimeoutMs,
+            commandTimeoutMs: this.limits.commandTimeoutMs,
+            dataTimeoutMs: this.limits.dataTimeoutMs,
+          });
+          return { conn, mx: `${host.name}[${address}]:${host.port}` };
+        } catch (err) {
+          lastError = err as DeliveryError;
+          // a refused or silent host is skipped for a while; a host that answered (4xx/5xx greeting) is not down
+          if (lastError.network) resolver.markDown(address, host.port);
+        }
+      }
+    }
+    if (!tried) lastError = new DeliveryError('all MX hosts are marked down', `451 4.4.1 All MX hosts of ${rq.site.key} are unreachable; retrying later`, null, true);
+    return { error: lastError };
+  }
+
+  /** One outbound connection: connect, then send transactions until the queue is idle or the per-connection cap. */
+  private async runConnection(rq: ReadyQueue): Promise<void> {
+    rq.connecting++;
+    const connected = await this.connect(rq).finally(() => rq.connecting--);
+    if ('error' in connected) {
+      // nothing in this ready queue can go out now: defer it all with the reason
+      const err = connected.error;
+      const result = err.permanent ? 'failed' : 'deferred';
+      for (const job of rq.drain()) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: err.response, source: rq.source.name })), 'connect');
+      return;
+    }
+    const { conn, mx } = connected;
+    this.connections.add(conn);
+    const siteLabel = rq.site.key;
+    this.deps.metrics.openConnections.inc({ site: siteLabel });
+    let sent = 0;
+    try {
+      while (conn.usable && !this.stopping && sent < this.limits.messagesPerConnection) {
+        let batch = rq.take(this.limits.recipientsPerTransaction);
+        if (!batch) {
+          rq.idle++;
+          const arrived = await rq.waitForJob(this.limits.idleTimeoutMs);
+          rq.idle--;
+          if (!arrived || !conn.usable) break;
+          batch = rq.take(this.limits.recipientsPerTransaction);
+          if (!batch) continue;
+        }
+        sent++;
+        const keepGoing = await this.transaction(conn, rq, batch, mx);
+        if (!keepGoing) break;
+      }
+    } finally {
+      this.deps.metrics.openConnections.dec({ site: siteLabel });
+      this.connections.delete(conn);
+      conn.quit();
+    }
+    if (rq.length) this.pump(rq);
+  }
+
+  /** Sends one message to the batch's recipients; returns false when the connection should not be reused. */
+  private async transaction(conn: OutboundConnection, rq: ReadyQueue, batch: Job[], mx: string): Promise<boolean> {
+    const first = batch[0]!;
+    const body = this.deps.spool.body(first.msgId);
+    const source = rq.source.name;
+    if (!body) {
+      // every recipient already has a final result (e.g. a duplicate entry after a crash): nothing to send
+      for (const job of batch) this.finish(job, [], 'gone');
+      return true;
+    }
+    const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));
+    const utf8 = /[^\x00-\x7f]/.test(first.sender) || recipients.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
+    try {
+      const result = await conn.send(first.sender, recipients.map(({ r }) => r.to), body, { utf8, size: body.length });
+      const accepted = new Set(result.accepted.map((a) => a.toLowerCase()));
+      for (const job of batch) {
+        const outcomes: Outcome[] = job.rcpts.map((r) => {
+          const refusal = result.rejected.get(r.to);
+          if (refusal) return { i: r.i, result: resultFor(refusal.code), response: refusal.response, mx, source };
+          if (accepted.has(r.to.toLowerCase())) return { i: r.i, result: 'delivered', response: result.response, mx, source };
+          return { i: r.i, result: 'deferred', response: '451 4.4.0 No reply for this recipient', mx, source };
+        });
+        this.finish(job, outcomes, rq.site.key);
+      }
+      if (result.accepted.length === 0 && result.rejected.size) await conn.reset().catch(() => conn.destroy());
+      return true;
+    } catch (err) {
+      const e = err as DeliveryError;
+      const result = e.network ? 'deferred' : resultFor(e.code);
+      for (const job of batch) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key);
+      if (e.network || e.code === 421) return false;
+      await conn.reset().catch(() => conn.destroy());
+      return conn.usable;
+    }
+  }
+
+  /** Records outcomes; frees the job's memory slot once the spool has committed them. */
+  private finish(job: Job, outcomes: Outcome[], site: string): void {
+    for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
+    this.track(
+      this.deps.spool.complete(job, outcomes).then((next) => {
+        this.inMemory.delete(jobKeyString(job.key));
+        this.queuedRecipients -= job.rcpts.length - (next?.rcpts.length ?? 0);
+        this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
+        if (next && next.key[0] <= Date.now() && !this.backlog && !this.stopping) this.admit([next]);
+        else if (next) this.rewind(next.key);
+        else if (this.backlog) this.requestScan();
+      }),
+    );
+  }
+
+  /** Ready queues and scheduled queues with their depths (for metrics and the admin API). */
+  snapshot(): { ready: Array<{ key: string; source: string; site: string; recipients: number; jobs: number; connections: number }>; resolving: Record<string, number>; inMemory: number; queuedRecipients: number } {
+    return {
+      ready: [...this.readyQueues.values()].map((rq) => ({ key: rq.key, source: rq.source.name, site: rq.site.key, recipients: rq.recipients, jobs: rq.length, connections: rq.connections })),
+      resolving: Object.fromEntries(this.scheduled),
+      inMemory: this.inMemory.size,
+      queuedRecipients: this.queuedRecipients,
+    };
+  }
+
+  /** Stops taking work, closes idle connections and waits (bounded) for open transactions to finish. */
+  async stop(graceMs = 10_000): Promise<void> {
+    this.stopping = true;
+    if (this.timer) clearTimeout(this.timer);
+    const deadline = new Promise((r) => setTimeout(r, graceMs).unref());
+    for (const rq of this.readyQueues.values()) rq.wakeAll(); // idle connections see `stopping` and quit
+    await Promise.race([Promise.allSettled([...this.inflight]), deadline]);
+    for (const c of this.connections) c.destroy();
+  }
+}
+
+function resultFor(code: number | null): Outcome['result'] {
+  if (code !== null && code >= 200 && code < 300) return 'delivered';
+  return code !== null && code >= 500 ? 'failed' : 'deferred';
+}

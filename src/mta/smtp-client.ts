@@ -1,0 +1,161 @@
+/**
+ * One outbound SMTP connection, as promises over nodemailer's SMTPConnection (which speaks the protocol,
+ * pipelines the envelope and dot-stuffs the data).
+ */
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+
+export type TlsPolicy = 'opportunistic' | 'required' | 'none';
+
+export interface ConnectOptions {
+  /** IP address to connect to */
+  address: string;
+  port: number;
+  /** host name for TLS SNI and certificate checks */
+  servername: string;
+  localAddress?: string;
+  ehlo: string;
+  tls: TlsPolicy;
+  auth?: { user: string; pass: string };
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+  dataTimeoutMs: number;
+}
+
+/** A reply or failure from the remote side. `code` is absent for network failures (always temporary). */
+export class DeliveryError extends Error {
+  constructor(
+    message: string,
+    public readonly response: string,
+    public readonly code: number | null,
+    /** true when nothing was said by the server: the connection failed */
+    public readonly network: boolean,
+  ) {
+    super(message);
+    this.name = 'DeliveryError';
+  }
+  get permanent(): boolean {
+    return this.code !== null && this.code >= 500;
+  }
+}
+
+export interface SendResult {
+  accepted: string[];
+  /** per-recipient refusals: address → reply */
+  rejected: Map<string, { response: string; code: number | null }>;
+  response: string;
+}
+
+interface NodemailerError extends Error {
+  code?: string;
+  response?: string;
+  responseCode?: number;
+  recipient?: string;
+  rejectedErrors?: NodemailerError[];
+}
+
+function toDeliveryError(err: NodemailerError): DeliveryError {
+  const code = err.responseCode ?? null;
+  const response = err.response ?? `${err.code ?? 'ERROR'} ${err.message}`;
+  return new DeliveryError(err.message, response.replace(/\r?\n/g, ' '), code, code === null);
+}
+
+export class OutboundConnection {
+  private closed = false;
+  readonly secure: () => boolean;
+
+  private constructor(private readonly conn: SMTPConnection) {
+    conn.on('error', () => {
+      this.closed = true;
+    });
+    conn.on('end', () => {
+      this.closed = true;
+    });
+    this.secure = () => Boolean((conn as unknown as { secure: boolean }).secure);
+  }
+
+  get usable(): boolean {
+    return !this.closed;
+  }
+
+  static open(opts: ConnectOptions): Promise<OutboundConnection> {
+    const conn = new SMTPConnection({
+      host: opts.address,
+      port: opts.port,
+      servername: opts.servername,
+      localAddress: opts.localAddress && opts.localAddress !== '0.0.0.0' ? opts.localAddress : undefined,
+      name: opts.ehlo,
+      secure: false,
+      ignoreTLS: opts.tls === 'none',
+      requireTLS: opts.tls === 'required',
+      opportunisticTLS: opts.tls === 'opportunistic',
+      // opportunistic TLS encrypts against passive reading; an unverifiable certificate is not a reason to send in clear
+      tls: { rejectUnauthorized: opts.tls === 'required', servername: opts.servername },
+      connectionTimeout: opts.connectTimeoutMs,
+      greetingTimeout: opts.connectTimeoutMs,
+      socketTimeout: Math.max(opts.commandTimeoutMs, opts.dataTimeoutMs),
+      allowInternalNetworkInterfaces: true,
+      logger: false,
+    });
+    const outbound = new OutboundConnection(conn);
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err: NodemailerError) => {
+        if (settled) return;
+        settled = true;
+        conn.close();
+        reject(toDeliveryError(err));
+      };
+      conn.once('error', fail);
+      conn.connect(() => {
+        if (!opts.auth) {
+          settled = true;
+          conn.removeListener('error', fail);
+          return resolve(outbound);
+        }
+        conn.login({ user: opts.auth.user, pass: opts.auth.pass }, (err) => {
+          if (err) return fail(err as NodemailerError);
+          settled = true;
+          conn.removeListener('error', fail);
+          resolve(outbound);
+        });
+      });
+    });
+  }
+
+  /** Sends one transaction. Rejects with DeliveryError when the whole transaction failed. */
+  send(from: string, to: string[], body: Buffer, opts: { utf8: boolean; size: number }): Promise<SendResult> {
+    return new Promise((resolve, reject) => {
+      this.conn.send({ from, to, size: opts.size, use8BitMime: true, ...(opts.utf8 ? { smtpUtf8: true } : {}) } as never, body, (err, info) => {
+        if (err) {
+          const e = err as NodemailerError;
+          // "all recipients were rejected" carries each recipient's own reply
+          if (e.rejectedErrors?.length && e.code === 'EENVELOPE' && !/^5\d\d .*Mail command/.test(e.message)) {
+            const rejected = new Map<string, { response: string; code: number | null }>();
+            for (const r of e.rejectedErrors) if (r.recipient) rejected.set(r.recipient, { response: (r.response ?? r.message).replace(/\r?\n/g, ' '), code: r.responseCode ?? null });
+            if (rejected.size === to.length) return resolve({ accepted: [], rejected, response: e.response ?? '' });
+          }
+          return reject(toDeliveryError(e));
+        }
+        const rejected = new Map<string, { response: string; code: number | null }>();
+        for (const r of (info.rejectedErrors ?? []) as NodemailerError[])
+          if (r.recipient) rejected.set(r.recipient, { response: (r.response ?? r.message).replace(/\r?\n/g, ' '), code: r.responseCode ?? null });
+        resolve({ accepted: info.accepted, rejected, response: String(info.response ?? '').replace(/\r?\n/g, ' ') });
+      });
+    });
+  }
+
+  reset(): Promise<void> {
+    return new Promise((resolve, reject) => this.conn.reset((err) => (err ? reject(toDeliveryError(err as NodemailerError)) : resolve())));
+  }
+
+  quit(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.conn.quit();
+  }
+
+  destroy(): void {
+    this.closed = true;
+    this.conn.close();
+  }
+}

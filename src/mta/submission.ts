@@ -1,0 +1,238 @@
+/**
+ * The SMTP submission listener: tenants' applications hand mail over here (AUTH, or a trusted network).
+ * A message is answered 250 only once it is fsynced in the spool.
+ */
+import crypto from 'node:crypto';
+import { SMTPServer, type SMTPServerAddress, type SMTPServerAuthentication, type SMTPServerSession } from 'smtp-server';
+import type { Readable } from 'node:stream';
+import type { Config } from '../core/config.js';
+import type { Logger } from '../core/log.js';
+import type { Metrics } from '../core/metrics.js';
+import type { TlsMaterial } from '../core/tls.js';
+import { NetworkList, isLoopback, normalizeAddress } from '../core/net.js';
+import { isValidAddress } from './address.js';
+import type { Preparer } from './prepare-pool.js';
+import type { Scheduler } from './queues.js';
+import { newMessageId, type Spool } from './spool.js';
+import { smtpError } from './smtp-reply.js';
+
+interface SessionUser {
+  username: string;
+  tenant: string;
+}
+
+interface SubmissionDeps {
+  config: Config;
+  spool: Spool;
+  scheduler: Scheduler;
+  preparer: Preparer;
+  tls: TlsMaterial;
+  log: Logger;
+  metrics: Metrics;
+}
+
+const AUTH_FAILURE_LIMIT = 10;
+const AUTH_FAILURE_WINDOW_MS = 10 * 60_000;
+
+const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
+
+export class SubmissionListener {
+  readonly server: SMTPServer;
+  private readonly perIp = new Map<string, number>();
+  private readonly authFailures = new Map<string, { count: number; since: number }>();
+  private readonly trusted: NetworkList;
+  private readonly users: Map<string, { password: Buffer; tenant: string }>;
+
+  constructor(private readonly deps: SubmissionDeps) {
+    const { config, tls } = deps;
+    const sub = config.submission;
+    this.trusted = new NetworkList(config.trustedNetworks);
+    this.users = new Map(config.smtpUsers.map((u) => [u.username, { password: digest(u.password), tenant: u.tenant }]));
+    this.server = new SMTPServer({
+      name: config.hostname,
+      banner: 'Tern ESMTP',
+      key: tls.key,
+      cert: tls.cert,
+      size: sub.maxMessageSize,
+      rejectOversized: true,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: true,
+      hidePIPELINING: false,
+      hide8BITMIME: false,
+      hideSMTPUTF8: false,
+      authMethods: ['PLAIN', 'LOGIN'],
+      // AUTH is refused before TLS in onAuth, except on loopback; advertising it lets loopback clients use it
+      allowInsecureAuth: true,
+      authOptional: true,
+      maxClients: sub.max_connections,
+      socketTimeout: sub.idleTimeoutMs,
+      closeTimeout: 30_000,
+      logger: false,
+      disableReverseLookup: true,
+      onConnect: (session, cb) => this.onConnect(session, cb),
+      onClose: (session) => this.onClose(session),
+      onAuth: (auth, session, cb) => this.onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => this.onMailFrom(address, session, cb),
+      onRcptTo: (address, session, cb) => this.onRcptTo(address, session, cb),
+      onData: (stream, session, cb) => this.onData(stream, session, cb),
+    });
+    this.server.on('error', (err) => deps.log.warn({ err: err.message, listener: 'submission' }, 'SMTP session error'));
+  }
+
+  listen(): Promise<number> {
+    const { host, port } = this.deps.config.submission;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(new Error(`listeners.submission: cannot listen on ${host}:${port}: ${err.message}`));
+      this.server.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.server.removeListener('error', onError);
+        resolve((this.server.server.address() as { port: number }).port);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const ip = normalizeAddress(session.remoteAddress);
+    const n = (this.perIp.get(ip) ?? 0) + 1;
+    this.perIp.set(ip, n);
+    this.deps.metrics.inboundConnections.inc({ listener: 'submission' });
+    if (n > this.deps.config.submission.max_connections_per_ip) {
+      this.deps.metrics.smtpRejections.inc({ reason: 'per_ip_limit' });
+      return cb(smtpError(421, '4.7.0', 'Too many connections from your address; try again later'));
+    }
+    cb();
+  }
+
+  private onClose(session: SMTPServerSession): void {
+    const ip = normalizeAddress(session.remoteAddress);
+    const n = (this.perIp.get(ip) ?? 1) - 1;
+    if (n > 0) this.perIp.set(ip, n);
+    else this.perIp.delete(ip);
+    this.deps.metrics.inboundConnections.dec({ listener: 'submission' });
+  }
+
+  private onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null | undefined, res?: { user: SessionUser }) => void): void {
+    const ip = normalizeAddress(session.remoteAddress);
+    if (!session.secure && !isLoopback(ip)) return cb(smtpError(538, '5.7.11', 'Encryption required for authentication; issue STARTTLS first'));
+    const failures = this.authFailures.get(ip);
+    if (failures && Date.now() - failures.since > AUTH_FAILURE_WINDOW_MS) this.authFailures.delete(ip);
+    else if (failures && failures.count >= AUTH_FAILURE_LIMIT)
+      return cb(smtpError(454, '4.7.0', 'Too many failed authentication attempts; try again later'));
+    const user = this.users.get(auth.username ?? '');
+    const ok = user !== undefined && crypto.timingSafeEqual(digest(auth.password ?? ''), user.password);
+    if (!ok) {
+      const f = this.authFailures.get(ip) ?? { count: 0, since: Date.now() };
+      f.count++;
+      this.authFailures.set(ip, f);
+      this.deps.metrics.smtpRejections.inc({ reason: 'auth_failed' });
+      this.deps.log.warn({ ip, username: auth.username, listener: 'submission' }, 'authentication failed');
+      return cb(smtpError(535, '5.7.8', 'Authentication credentials invalid'));
+    }
+    cb(null, { user: { username: auth.username!, tenant: user.tenant } });
+  }
+
+  private mayRelay(session: SMTPServerSession): boolean {
+    return Boolean(session.user) || this.trusted.contains(session.remoteAddress);
+  }
+
+  private onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    const args = address.args as Record<string, unknown> | false;
+    const utf8 = Boolean(args && args.SMTPUTF8);
+    if (address.address !== '' && !isValidAddress(address.address, utf8)) {
+      this.deps.metrics.smtpRejections.inc({ reason: 'bad_sender' });
+      return cb(smtpError(553, '5.1.7', `Sender address <${address.address}> is not a valid mail address`));
+    }
+    cb();
+  }
+
+  private onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    if (!this.mayRelay(session)) {
+      this.deps.metrics.smtpRejections.inc({ reason: 'relay_denied' });
+      this.deps.log.warn({ ip: normalizeAddress(session.remoteAddress), rcpt: address.address, listener: 'submission' }, 'relay denied');
+      return cb(smtpError(554, '5.7.1', 'Relay access denied; authenticate first'));
+    }
+    const mailArgs = session.envelope.mailFrom ? (session.envelope.mailFrom.args as Record<string, unknown> | false) : false;
+    const utf8 = Boolean(mailArgs && mailArgs.SMTPUTF8);
+    if (!isValidAddress(address.address, utf8)) {
+      this.deps.metrics.smtpRejections.inc({ reason: 'bad_recipient' });
+      return cb(smtpError(553, '5.1.3', `Recipient address <${address.address}> is not a valid mail address`));
+    }
+    if (session.envelope.rcptTo.length >= this.deps.config.submission.max_recipients)
+      return cb(smtpError(452, '4.5.3', 'Too many recipients; send the rest in another transaction'));
+    cb();
+  }
+
+  private onData(stream: Readable & { sizeExceeded?: boolean }, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
+    const chunks: Buffer[] = [];
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      this.dropSession(session.id);
+    }, this.deps.config.submission.dataTimeoutMs);
+    stream.on('data', (chunk: Buffer) => {
+      if (!stream.sizeExceeded) chunks.push(chunk);
+    });
+    stream.on('error', (err) => {
+      clearTimeout(deadline);
+      cb(smtpError(451, '4.3.0', `Error reading message: ${err.message}`));
+    });
+    stream.on('end', () => {
+      clearTimeout(deadline);
+      if (timedOut) return cb(smtpError(421, '4.4.2', 'Message took too long to arrive'));
+      if (stream.sizeExceeded) {
+        this.deps.metrics.smtpRejections.inc({ reason: 'too_big' });
+        return cb(smtpError(552, '5.3.4', `Message exceeds the maximum size of ${this.deps.config.submission.maxMessageSize} bytes`));
+      }
+      this.accept(Buffer.concat(chunks), session).then(
+        (reply) => cb(null, reply),
+        (err) => cb(err),
+      );
+    });
+  }
+
+  private async accept(raw: Buffer, session: SMTPServerSession): Promise<string> {
+    const { spool, scheduler, preparer, config, log, metrics } = this.deps;
+    const user = session.user as unknown as SessionUser | undefined;
+    const mailFrom = session.envelope.mailFrom as SMTPServerAddress;
+    const mailArgs = mailFrom.args as Record<string, unknown> | false;
+    const msgId = newMessageId();
+    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8: Boolean(mailArgs && mailArgs.SMTPUTF8) });
+    if (!prepared.ok) {
+      metrics.smtpRejections.inc({ reason: 'bad_content' });
+      log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
+      throw smtpError(prepared.code, prepared.status, prepared.reason);
+    }
+    const started = performance.now();
+    let stored;
+    try {
+      stored = await spool.accept({
+        msgId,
+        tenant: user?.tenant ?? 'default',
+        sender: mailFrom.address,
+        recipients: session.envelope.rcptTo.map((r) => r.address),
+        body: prepared.message,
+        messageId: prepared.messageId,
+        listener: 'submission',
+        client: normalizeAddress(session.remoteAddress),
+        user: user?.username,
+      });
+    } catch (err) {
+      log.error({ err }, 'spool write failed');
+      throw smtpError(451, '4.3.0', 'Could not store the message; try again later');
+    }
+    metrics.spoolCommitSeconds.observe((performance.now() - started) / 1000);
+    metrics.messagesAccepted.inc({ listener: 'submission' });
+    metrics.recipientsAccepted.inc(session.envelope.rcptTo.length);
+    scheduler.enqueue(stored.jobs);
+    return `2.0.0 Ok: queued as ${stored.msgId}`;
+  }
+
+  private dropSession(id: string): void {
+    const connections = (this.server as unknown as { connections: Set<{ id: string; close(): void }> }).connections;
+    for (const c of connections) if (c.id === id) c.close();
+  }
+}

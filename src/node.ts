@@ -1,0 +1,119 @@
+/**
+ * A Tern node: every role this build has, wired together from one validated config.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import cron from 'node-cron';
+import type { FastifyInstance } from 'fastify';
+import type { Config } from './core/config.js';
+import { createLogger, type Logger } from './core/log.js';
+import { Metrics } from './core/metrics.js';
+import { Store } from './core/store.js';
+import { tlsMaterial } from './core/tls.js';
+import { DnsClient } from './mta/dns.js';
+import { DestinationResolver } from './mta/destination.js';
+import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-pool.js';
+import { Scheduler } from './mta/queues.js';
+import { Spool } from './mta/spool.js';
+import { SubmissionListener } from './mta/submission.js';
+import { buildControlServer } from './control/server.js';
+
+export interface NodeOptions {
+  logger?: Logger;
+  /** prepare messages on the calling thread instead of worker threads */
+  inlinePrepare?: boolean;
+}
+
+export class TernNode {
+  readonly ports: { submission: number; control: number } = { submission: 0, control: 0 };
+  private cronTasks: Array<{ stop(): void }> = [];
+
+  private constructor(
+    readonly config: Config,
+    readonly log: Logger,
+    readonly metrics: Metrics,
+    readonly store: Store,
+    readonly spool: Spool,
+    readonly scheduler: Scheduler,
+    private readonly preparer: Preparer,
+    private readonly submission: SubmissionListener,
+    private readonly control: FastifyInstance,
+  ) {}
+
+  static async start(config: Config, opts: NodeOptions = {}): Promise<TernNode> {
+    const log = opts.logger ?? createLogger(config.log);
+    const metrics = new Metrics();
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    const store = new Store(config.dataDir);
+    const spool = new Spool(store, config.retry);
+    const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics });
+    const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
+    const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
+    if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics });
+    const control = buildControlServer({
+      metrics,
+      health: () => ({ ok: true, queued_recipients: scheduler.snapshot().queuedRecipients }),
+    });
+    control.addHook('onRequest', async (req) => {
+      if (req.url !== '/metrics') return;
+      metrics.readyQueueDepth.reset();
+      for (const rq of scheduler.snapshot().ready) metrics.readyQueueDepth.inc({ site: rq.site }, rq.recipients);
+    });
+
+    store.on('events', (events) => {
+      for (const e of events) log.info({ event: e.type, ...e, type: undefined }, e.type);
+    });
+
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control);
+    try {
+      scheduler.start();
+      node.ports.submission = await submission.listen();
+      await control.listen({ host: config.control.host, port: config.control.port });
+      node.ports.control = (control.server.address() as { port: number }).port;
+    } catch (err) {
+      await node.stop();
+      throw err;
+    }
+    node.cronTasks.push(
+      cron.schedule('*/10 * * * *', async () => {
+        const before = Date.now() - config.events.retentionMs;
+        const events = await store.pruneEvents(before);
+        const messages = await spool.pruneFinished(before);
+        if (events || messages) log.info({ events, messages }, 'retention: pruned old records');
+      }),
+    );
+    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
+    return node;
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.cronTasks) t.stop();
+    await this.submission.close().catch(() => {});
+    await this.control.close().catch(() => {});
+    await this.scheduler.stop();
+    await this.preparer.close();
+    await this.store.close();
+    this.log.info('tern node stopped');
+    this.log.flush?.();
+  }
+}
+
+/**
+ * With no smtp_users configured, a fresh node would accept mail from nobody. Make one credential for the
+ * default tenant, keep it (0600) in data_dir, and print it, like a first-login secret.
+ */
+function bootstrapUser(dataDir: string, log: Logger): { username: string; password: string; tenant: string } {
+  const file = path.join(dataDir, 'bootstrap-smtp-credentials.json');
+  let cred: { username: string; password: string; tenant: string };
+  if (fs.existsSync(file)) cred = JSON.parse(fs.readFileSync(file, 'utf8'));
+  else {
+    cred = { username: 'tern', password: crypto.randomBytes(18).toString('base64url'), tenant: 'default' };
+    fs.writeFileSync(file, JSON.stringify(cred), { mode: 0o600 });
+  }
+  log.warn({ username: cred.username, file }, 'no smtp_users configured: using the bootstrap SMTP credential');
+  process.stderr.write(`\nTern: SMTP submission login (no smtp_users in config): user "${cred.username}" password "${cred.password}"\n      (kept in ${file})\n\n`);
+  return cred;
+}
