@@ -224,7 +224,10 @@ export class Scheduler {
    * Takes jobs (all of one message) into memory. They are routed together once every domain is resolved,
    * so that recipients on domains sharing a site land in the ready queue side by side and share a transaction.
    */
-  private admit(jobs: Job[]): void {
+  private admit(candidates: Job[]): void {
+    // the scanner can read an accepted message's entry before its fsync completes and enqueue() runs
+    const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
+    if (!jobs.length) return;
     for (const job of jobs) this.inMemory.add(jobKeyString(job.key));
     const source = this.pickSource(jobs[0]!.tenant);
     const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
@@ -369,8 +372,12 @@ export class Scheduler {
     const body = this.deps.spool.body(first.msgId);
     const source = rq.source.name;
     if (!body) {
-      // every recipient already has a final result (e.g. a duplicate entry after a crash): nothing to send
-      for (const job of batch) this.finish(job, [], 'gone');
+      // every recipient already has a final result: nothing to send, drop the stale entry
+      for (const job of batch)
+        this.track(this.deps.spool.discard(job).then(() => {
+          this.inMemory.delete(jobKeyString(job.key));
+          this.queuedRecipients -= job.rcpts.length;
+        }));
       return true;
     }
     const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));

@@ -279,6 +279,11 @@ export class Spool {
     return next;
   }
 
+  /** Drops a schedule entry whose message is already finished (its body is gone). */
+  async discard(job: Job): Promise<void> {
+    await this.store.transact(() => this.schedule.remove(job.key));
+  }
+
   /** Deletes finished messages (and their recipient records) created before `before`. */
   async pruneFinished(before: number, batch = 5000): Promise<number> {
     const done: string[] = [];
