@@ -178,7 +178,7 @@ export function buildConfig(doc: unknown, file: string | null = null): Config {
     const at = pointerToPath(err.path) || '(top level)';
     if (seen.has(at)) continue; // a union reports once per branch; the first reason is enough
     seen.add(at);
-    if (/additional/i.test(err.message)) {
+    if (/additional|unexpected property/i.test(err.message)) {
       // reported at the unknown key's own path; err.schema is the object that does not allow it
       const allowed = Object.keys((err.schema as { properties?: object }).properties ?? {});
       problems.push(`${at}: unknown key; the keys allowed here are ${allowed.join(', ')}`);
