@@ -26,7 +26,7 @@ let server: DnsServer;
 
 async function resolver(address = server.address) {
   const { Resolver } = (await import('node:dns')).promises;
-  const r = new Resolver({ timeout: 1000, tries: 1 });
+  const r = new Resolver({ timeout: 5000, tries: 1 });
   r.setServers([address]);
   return r;
 }
@@ -175,7 +175,9 @@ describe('test DNS server', () => {
       expect(await code(r.resolve4('a.other.test'))).toBe('ENOTFOUND');
       expect(await r.resolve4('B.other.test')).toEqual(['127.0.0.6']);
       expect(await code(r.resolve4('tern.test'))).toBe('EREFUSED');
-      expect(s.queries.map((q) => q.type)).toEqual(['A', 'A', 'A', 'A', 'A']);
+      s.records.push({ type: 'TXT', name: 'b.other.test', data: 'pushed' });
+      expect(await r.resolveTxt('b.other.test')).toEqual([['pushed']]);
+      expect(s.queries.map((q) => q.type)).toEqual(['A', 'A', 'A', 'A', 'A', 'TXT']);
     } finally {
       await s.close();
     }

@@ -1,10 +1,10 @@
 /**
  * Runs message preparation (checks, header completion, DKIM signing) on worker threads so that RSA signing
- * uses every core while the main thread keeps serving sockets.
+ * uses every core while the main thread keeps serving sockets. Message bytes are transferred, not copied.
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import { Piscina } from 'piscina';
+import { Worker } from 'node:worker_threads';
 import { loadSigningKey } from './dkim.js';
 import { keyLookup, prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
 
@@ -27,6 +27,34 @@ export interface Preparer {
   close(): Promise<void>;
 }
 
+interface Pending {
+  resolve: (r: Prepared | Refusal) => void;
+  reject: (e: Error) => void;
+}
+
+class PreparerThread {
+  readonly worker: Worker;
+  readonly pending = new Map<number, Pending>();
+
+  constructor(url: URL, keys: KeyMaterial[]) {
+    this.worker = new Worker(url, { workerData: { keys } });
+    this.worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
+      const p = this.pending.get(id);
+      if (!p) return;
+      this.pending.delete(id);
+      if (error !== undefined) p.reject(new Error(`message preparation failed: ${error}`));
+      else p.resolve(result!);
+    });
+    this.worker.on('error', (err) => this.failAll(err));
+    this.worker.on('exit', (code) => this.failAll(new Error(`preparation thread exited with code ${code}`)));
+  }
+
+  failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+}
+
 /** `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments). */
 export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
   if (threads < 0) {
@@ -34,18 +62,24 @@ export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
     return { prepare: async (input) => prepareMessage(input, lookup), close: async () => {} };
   }
   const count = threads || os.availableParallelism();
-  const workerUrl = new URL(`./prepare-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
-  const pool = new Piscina({
-    filename: workerUrl.href,
-    minThreads: count,
-    maxThreads: count,
-    idleTimeout: Infinity,
-    workerData: { keys },
-    // TypeScript sources need the tsx loader in the worker too
-    execArgv: workerUrl.pathname.endsWith('.ts') ? [...process.execArgv.filter((a) => !a.startsWith('--input-type')), '--import', 'tsx'] : process.execArgv,
-  });
+  const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
+  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys));
+  let nextId = 0;
   return {
-    prepare: (input) => pool.run(input) as Promise<Prepared | Refusal>,
-    close: () => pool.destroy(),
+    prepare(input) {
+      // the least busy thread takes it
+      let t = pool[0]!;
+      for (const c of pool) if (c.pending.size < t.pending.size) t = c;
+      const id = ++nextId;
+      const raw = input.raw;
+      const transferable = raw.byteOffset === 0 && raw.byteLength === raw.buffer.byteLength && !(raw.buffer instanceof SharedArrayBuffer);
+      return new Promise((resolve, reject) => {
+        t.pending.set(id, { resolve, reject });
+        t.worker.postMessage({ id, input }, transferable ? [raw.buffer as ArrayBuffer] : []);
+      });
+    },
+    async close() {
+      await Promise.all(pool.map((t) => t.worker.terminate()));
+    },
   };
 }

@@ -131,7 +131,9 @@ interface SchedulerDeps {
 }
 
 export class Scheduler {
+  /** jobs held in memory (resolving, ready or in flight), and how many recipients they carry */
   private readonly inMemory = new Set<string>();
+  private memRecipients = 0;
   private readonly readyQueues = new Map<string, ReadyQueue>();
   /** jobs waiting for their domain to resolve, by scheduled queue name */
   private readonly scheduled = new Map<string, number>();
@@ -170,7 +172,7 @@ export class Scheduler {
   /** Newly accepted jobs: admitted straight away while there is room and nothing older waits. */
   enqueue(jobs: Job[]): void {
     for (const job of jobs) this.queuedRecipients += job.rcpts.length;
-    if (!this.backlog && this.inMemory.size < this.deps.config.delivery.memoryQueueLimit) this.admit(jobs);
+    if (!this.backlog && this.memRecipients < this.deps.config.delivery.memoryQueueLimit) this.admit(jobs);
     else for (const job of jobs) this.rewind(job.key);
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
   }
@@ -205,7 +207,7 @@ export class Scheduler {
         this.admit(group);
         group = [];
       }
-      if (this.inMemory.size + group.length >= limit) {
+      if (this.memRecipients + group.reduce((n, j) => n + j.rcpts.length, 0) >= limit) {
         full = true;
         break;
       }
@@ -228,7 +230,7 @@ export class Scheduler {
     // the scanner can read an accepted message's entry before its fsync completes and enqueue() runs
     const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
     if (!jobs.length) return;
-    for (const job of jobs) this.inMemory.add(jobKeyString(job.key));
+    for (const job of jobs) this.hold(job);
     const source = this.pickSource(jobs[0]!.tenant);
     const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
     if (cached.every((d) => d)) {
@@ -281,9 +283,10 @@ export class Scheduler {
     }
   }
 
-  private track<T>(p: Promise<T>): void {
+  private track<T>(p: Promise<T>): Promise<unknown> {
     const tracked = p.catch((err) => this.deps.log.error({ err }, 'scheduler task failed')).finally(() => this.inflight.delete(tracked));
     this.inflight.add(tracked);
+    return tracked;
   }
 
   private async connect(rq: ReadyQueue): Promise<{ conn: OutboundConnection; mx: string } | { error: DeliveryError }> {
@@ -375,11 +378,14 @@ export class Scheduler {
       // every recipient already has a final result: nothing to send, drop the stale entry
       for (const job of batch)
         this.track(this.deps.spool.discard(job).then(() => {
-          this.inMemory.delete(jobKeyString(job.key));
+          this.release(job);
           this.queuedRecipients -= job.rcpts.length;
         }));
       return true;
     }
+    // a connection sends its next message only once this one's outcome is committed, so that a crash can
+    // repeat at most one transaction per connection
+    const recorded: Promise<unknown>[] = [];
     const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));
     const utf8 = /[^\x00-\x7f]/.test(first.sender) || recipients.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
     try {
@@ -392,14 +398,16 @@ export class Scheduler {
           if (accepted.has(r.to.toLowerCase())) return { i: r.i, result: 'delivered', response: result.response, mx, source };
           return { i: r.i, result: 'deferred', response: '451 4.4.0 No reply for this recipient', mx, source };
         });
-        this.finish(job, outcomes, rq.site.key);
+        recorded.push(this.finish(job, outcomes, rq.site.key));
       }
       if (result.accepted.length === 0 && result.rejected.size) await conn.reset().catch(() => conn.destroy());
+      await Promise.all(recorded);
       return true;
     } catch (err) {
       const e = err as DeliveryError;
       const result = e.network ? 'deferred' : resultFor(e.code);
-      for (const job of batch) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key);
+      for (const job of batch) recorded.push(this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key));
+      await Promise.all(recorded);
       if (e.network || e.code === 421) return false;
       await conn.reset().catch(() => conn.destroy());
       return conn.usable;
@@ -407,11 +415,11 @@ export class Scheduler {
   }
 
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
-  private finish(job: Job, outcomes: Outcome[], site: string): void {
+  private finish(job: Job, outcomes: Outcome[], site: string): Promise<unknown> {
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
-    this.track(
+    return this.track(
       this.deps.spool.complete(job, outcomes).then((next) => {
-        this.inMemory.delete(jobKeyString(job.key));
+        this.release(job);
         this.queuedRecipients -= job.rcpts.length - (next?.rcpts.length ?? 0);
         this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
         if (next && next.key[0] <= Date.now() && !this.backlog && !this.stopping) this.admit([next]);
@@ -421,12 +429,21 @@ export class Scheduler {
     );
   }
 
+  private hold(job: Job): void {
+    this.inMemory.add(jobKeyString(job.key));
+    this.memRecipients += job.rcpts.length;
+  }
+
+  private release(job: Job): void {
+    if (this.inMemory.delete(jobKeyString(job.key))) this.memRecipients -= job.rcpts.length;
+  }
+
   /** Ready queues and scheduled queues with their depths (for metrics and the admin API). */
   snapshot(): { ready: Array<{ key: string; source: string; site: string; recipients: number; jobs: number; connections: number }>; resolving: Record<string, number>; inMemory: number; queuedRecipients: number } {
     return {
       ready: [...this.readyQueues.values()].map((rq) => ({ key: rq.key, source: rq.source.name, site: rq.site.key, recipients: rq.recipients, jobs: rq.length, connections: rq.connections })),
       resolving: Object.fromEntries(this.scheduled),
-      inMemory: this.inMemory.size,
+      inMemory: this.memRecipients,
       queuedRecipients: this.queuedRecipients,
     };
   }

@@ -61,16 +61,37 @@ function toDeliveryError(err: NodemailerError): DeliveryError {
 
 export class OutboundConnection {
   private closed = false;
+  /** the operation waiting for the server, failed if the connection goes away first */
+  private pending: ((err: DeliveryError) => void) | null = null;
   readonly secure: () => boolean;
 
   private constructor(private readonly conn: SMTPConnection) {
-    conn.on('error', () => {
+    const gone = (err?: NodemailerError) => {
       this.closed = true;
-    });
-    conn.on('end', () => {
-      this.closed = true;
-    });
+      const fail = this.pending;
+      this.pending = null;
+      // nodemailer does not always call back an operation when the socket dies under it
+      fail?.(err ? toDeliveryError(err) : new DeliveryError('connection closed', '421 4.4.2 Connection closed unexpectedly', null, true));
+    };
+    conn.on('error', (err: NodemailerError) => gone(err));
+    conn.on('end', () => gone());
     this.secure = () => Boolean((conn as unknown as { secure: boolean }).secure);
+  }
+
+  /** Runs one callback-style operation; settles once, whichever comes first: its callback or the connection dying. */
+  private operation<T>(run: (resolve: (v: T) => void, reject: (e: DeliveryError) => void) => void): Promise<T> {
+    if (this.closed) return Promise.reject(new DeliveryError('connection closed', '421 4.4.2 Connection already closed', null, true));
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const done = <A>(f: (a: A) => void) => (a: A) => {
+        if (settled) return;
+        settled = true;
+        this.pending = null;
+        f(a);
+      };
+      this.pending = done(reject);
+      run(done(resolve), done(reject));
+    });
   }
 
   get usable(): boolean {
@@ -124,7 +145,7 @@ export class OutboundConnection {
 
   /** Sends one transaction. Rejects with DeliveryError when the whole transaction failed. */
   send(from: string, to: string[], body: Buffer, opts: { utf8: boolean; size: number }): Promise<SendResult> {
-    return new Promise((resolve, reject) => {
+    return this.operation((resolve, reject) => {
       this.conn.send({ from, to, size: opts.size, use8BitMime: true, ...(opts.utf8 ? { smtpUtf8: true } : {}) } as never, body, (err, info) => {
         if (err) {
           const e = err as NodemailerError;
@@ -145,7 +166,7 @@ export class OutboundConnection {
   }
 
   reset(): Promise<void> {
-    return new Promise((resolve, reject) => this.conn.reset((err) => (err ? reject(toDeliveryError(err as NodemailerError)) : resolve())));
+    return this.operation((resolve, reject) => this.conn.reset((err) => (err ? reject(toDeliveryError(err as NodemailerError)) : resolve())));
   }
 
   quit(): void {

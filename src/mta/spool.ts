@@ -90,11 +90,13 @@ export interface AcceptInput {
 export const queueName = (tenant: string, campaign: string, domain: string) => `${tenant}:${campaign}@${domain}`;
 export const jobKeyString = (k: ScheduleKey) => `${k[0]}|${k[1]}|${k[2]}|${k[3]}`;
 
-let idCounter = crypto.randomInt(0, 36 ** 3);
-/** Time-ordered, unique message ids: 9 chars of ms time, 3 of counter, 4 random. */
+let idCounter = crypto.randomInt(0, 36 ** 4);
+/** set once per process: ids made by two processes (or before and after a restart) never collide */
+const processTag = crypto.randomBytes(3).toString('base64url');
+/** Time-ordered, unique message ids: 9 chars of ms time, 4 of counter, 4 of process tag. */
 export function newMessageId(now = Date.now()): string {
-  idCounter = (idCounter + 1) % 36 ** 3;
-  return now.toString(36).padStart(9, '0') + idCounter.toString(36).padStart(3, '0') + crypto.randomBytes(3).toString('base64url').slice(0, 4);
+  idCounter = (idCounter + 1) % 36 ** 4;
+  return now.toString(36).padStart(9, '0') + idCounter.toString(36).padStart(4, '0') + processTag;
 }
 
 export class Spool {

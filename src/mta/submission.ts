@@ -187,7 +187,11 @@ export class SubmissionListener {
         this.deps.metrics.smtpRejections.inc({ reason: 'too_big' });
         return cb(smtpError(552, '5.3.4', `Message exceeds the maximum size of ${this.deps.config.submission.maxMessageSize} bytes`));
       }
-      this.accept(Buffer.concat(chunks), session).then(
+      // a buffer of its own (not a slice of Node's shared pool) so it can be moved to a worker thread
+      const raw = Buffer.allocUnsafeSlow(chunks.reduce((n, c) => n + c.length, 0));
+      let offset = 0;
+      for (const c of chunks) offset += c.copy(raw, offset);
+      this.accept(raw, session).then(
         (reply) => cb(null, reply),
         (err) => cb(err),
       );

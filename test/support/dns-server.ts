@@ -47,7 +47,7 @@ export interface DnsServer {
   port: number;
   /** 'host:port' (IPv6 as '[::1]:port') for Resolver.setServers */
   address: string;
-  /** Current records (a copy is kept internally; mutate via set/add). */
+  /** Current records (prefer set()/add(); a push() onto this array is picked up as well). */
   records: ZoneRecord[];
   set(records: ZoneRecord[]): void;
   add(r: ZoneRecord): void;
@@ -593,6 +593,16 @@ export async function startDnsServer(opts: StartDnsServerOptions = {}): Promise<
   const explicitZones = opts.zones;
   let records: ZoneRecord[] = [...(opts.records ?? [])];
   let zone = new Zone(records, explicitZones, defaultTtl);
+  let builtLen = records.length;
+  // Records pushed straight into `server.records` (instead of add()) are
+  // picked up too: the zone is rebuilt when the array's length changed.
+  const currentZone = (): Zone => {
+    if (records.length !== builtLen) {
+      zone = new Zone(records, explicitZones, defaultTtl);
+      builtLen = records.length;
+    }
+    return zone;
+  };
   const queries: DnsQueryLogEntry[] = [];
 
   const handle = (msg: Buffer, transport: 'udp' | 'tcp'): Buffer | null => {
@@ -609,7 +619,7 @@ export async function startDnsServer(opts: StartDnsServerOptions = {}): Promise<
       ans = { rcode: 'REFUSED', aa: false, answers: [], authority: [] };
     else {
       try {
-        ans = lookup(zone, q.qname, q.qtype);
+        ans = lookup(currentZone(), q.qname, q.qtype);
       } catch {
         ans = { rcode: 'SERVFAIL', aa: false, answers: [], authority: [] };
       }
@@ -740,13 +750,14 @@ export async function startDnsServer(opts: StartDnsServerOptions = {}): Promise<
       const next = [...rs];
       zone = new Zone(next, explicitZones, defaultTtl); // throws on bad records, before replacing
       records = next;
+      builtLen = next.length;
     },
     add(r: ZoneRecord) {
       server.set([...records, r]);
     },
     queries,
     get zones() {
-      return [...zone.zones];
+      return [...currentZone().zones];
     },
     async close() {
       if (closed) return;
