@@ -52,7 +52,7 @@ async function main(): Promise<void> {
       injection_rate_recipients: Math.round((load.accepted * perMessage) / injectSeconds),
       rss_mb: currentRssMb(tern.pid),
       peak_rss_mb: peakRssMb(tern.pid),
-      spool_mb: Math.round(fs.statSync(path.join(dir, 'data', 'tern.lmdb', 'data.mdb')).size / 1024 ** 2),
+      spool_mb: Math.round(fs.statSync(path.join(dir, 'data', 'tern.lmdb')).size / 1024 ** 2),
     };
     process.stdout.write(JSON.stringify(result) + '\n');
   } finally {

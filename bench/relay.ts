@@ -59,6 +59,12 @@ export function peakRssMb(pid: number): number | undefined {
   }
 }
 
+/** CPU seconds (user + system) a process has used so far, all its threads included. */
+export function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
 export function currentRssMb(pid: number): number | undefined {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -182,14 +188,23 @@ async function main(): Promise<void> {
     const tern = await startTern({ sinkPort: sink.port, dkim: !values['no-dkim'], logLevel: values.log!, dir });
     try {
       await drive(sink, tern.port, { count: Math.min(2000, count), size, connections, auth: { user: 'bench', pass: 'bench-password' }, idPrefix: 'warm' });
+      const cpuBefore = cpuSeconds(tern.pid);
+      const benchBefore = process.cpuUsage();
       const { load: _load, ...run } = await drive(sink, tern.port, { count, size, connections, auth: { user: 'bench', pass: 'bench-password' }, idPrefix: 'tern' });
-      result.tern = { ...run, peak_rss_mb: peakRssMb(tern.pid) };
+      const bench = process.cpuUsage(benchBefore);
+      result.tern = {
+        ...run,
+        peak_rss_mb: peakRssMb(tern.pid),
+        // CPU per message: the node (all threads) and this process (generator + sink)
+        node_cpu_ms_per_msg: Math.round(((cpuSeconds(tern.pid) - cpuBefore) * 1000 * 1000) / count) / 1000,
+        bench_cpu_ms_per_msg: Math.round(((bench.user + bench.system) / 1000 / count) * 1000) / 1000,
+      };
     } finally {
       await tern.stop();
     }
     if (!values['no-postfix'] && postfixAvailable() && process.getuid?.() === 0) {
       for (const dkim of opendkimAvailable() ? [false, true] : [false]) {
-        const pf = await startPostfix({ listenPort: await freePort(), sinkPort: sink.port, dkim, dkimDomain: 'bench.tern.test', baseDir: dir });
+        const pf = await startPostfix({ listenPort: await freePort(), sinkPort: sink.port, dkim, dkimDomain: 'bench.tern.test' });
         try {
           await drive(sink, pf.port, { count: Math.min(2000, count), size, connections, idPrefix: `pfwarm${dkim ? 'd' : ''}` });
           const { load: _load, ...run } = await drive(sink, pf.port, { count, size, connections, idPrefix: `pf${dkim ? 'd' : ''}` });

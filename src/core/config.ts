@@ -212,6 +212,9 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     if (!/^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[0-9a-fA-F:]+)(:\d{1,5})?$/.test(s))
       problems.push(`dns.servers[${i}]: "${s}" is not an IP address or ip:port`);
   });
+  // the default tenant (trusted-network mail) and the default pool exist even when the file names others
+  raw.pools.default ??= { sources: [{ name: 'default', address: '0.0.0.0', ehlo: raw.hostname }] };
+  raw.tenants.default ??= { pool: 'default' };
   for (const [tenant, t] of Object.entries(raw.tenants)) {
     if (!raw.pools[t.pool]) problems.push(`tenants.${tenant}.pool: pool "${t.pool}" is not defined under pools`);
   }

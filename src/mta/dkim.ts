@@ -40,7 +40,8 @@ export function loadSigningKey(domain: string, selector: string, pem: string): S
 
 /** Relaxed body canonicalization over a latin1 view of the bytes. */
 export function relaxedBody(body: string): string {
-  const c = body.replace(/[ \t]+\r\n/g, '\r\n').replace(/[ \t]+/g, ' ').replace(/[ \t]+$/, '');
+  // most bodies have no tab, no run of spaces and no space before a line end: then only the end changes
+  const c = /\t| [ \r]| $/.test(body) ? body.replace(/[ \t]+\r\n/g, '\r\n').replace(/[ \t]+/g, ' ').replace(/[ \t]+$/, '') : body;
   const trimmed = c.replace(/(?:\r\n)+$/, '');
   return trimmed.length ? trimmed + '\r\n' : '';
 }

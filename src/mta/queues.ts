@@ -335,10 +335,11 @@ export class Scheduler {
     rq.connecting++;
     const connected = await this.connect(rq).finally(() => rq.connecting--);
     if ('error' in connected) {
-      // nothing in this ready queue can go out now: defer it all with the reason
+      // nothing in this ready queue can go out now: defer it all with the reason. A refusal while setting up
+      // the connection (5xx greeting, STARTTLS or AUTH refused) is about the path, not the recipients, so
+      // it defers too, as Postfix does; max_age ends it if it never clears
       const err = connected.error;
-      const result = err.permanent ? 'failed' : 'deferred';
-      for (const job of rq.drain()) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: err.response, source: rq.source.name })), 'connect');
+      for (const job of rq.drain()) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result: 'deferred', response: err.response, source: rq.source.name })), 'connect');
       return;
     }
     const { conn, mx } = connected;

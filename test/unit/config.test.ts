@@ -43,6 +43,13 @@ describe('config validation', () => {
     expect(list.some((p) => expected.test(p))).toBe(true);
   });
 
+  it('keeps a default tenant and pool when the file defines others', () => {
+    const c = buildConfig({ pools: { eu: { sources: [{ name: 'eu1', address: '127.0.0.2', ehlo: 'eu1.example' }] } }, tenants: { acme: { pool: 'eu' } } });
+    expect(c.tenants.default!.pool).toBe('default');
+    expect(c.pools.default!.sources[0]!.address).toBe('0.0.0.0');
+    expect(c.tenants.acme!.pool).toBe('eu');
+  });
+
   it('reports every problem at once', () => {
     expect(problems({ listeners: { submission: { port: -1 }, control: { port: 'y' } } }).length).toBe(2);
   });

@@ -101,6 +101,14 @@ describe('canonicalization', () => {
     expect(relaxedBody('a  b \t\r\n\r\n\r\n')).toBe('a b\r\n');
     expect(relaxedBody('\r\n\r\n')).toBe('');
   });
+  it('relaxed body fast path equals the RFC 6376 §3.4.4 procedure (property)', () => {
+    const reference = (body: string) => {
+      const c = body.replace(/[ \t]+\r\n/g, '\r\n').replace(/[ \t]+/g, ' ').replace(/[ \t]+$/, '');
+      const t = c.replace(/(?:\r\n)+$/, '');
+      return t.length ? t + '\r\n' : '';
+    };
+    fc.assert(fc.property(fc.array(fc.constantFrom('a', ' ', '\t', '\r\n', 'b ', '  ')).map((a) => a.join('')), (b) => relaxedBody(b) === reference(b)), { numRuns: 5000 });
+  });
   it('relaxed header: lower-cases the name and unfolds', () => {
     expect(relaxedHeader('Subject ', ' a\r\n\t b  ')).toBe('subject:a b\r\n');
   });
