@@ -257,7 +257,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
       `X-Bench-Id: ${id}\r\n` +
       `Date: ${dateHeader()}\r\n` +
       `From: <${from}>\r\n` +
-      `To: ${rcpts.map((r) => `<${r}>`).join(', ')}\r\n` +
+      `To: ${rcpts.map((r) => `<${r}>`).join(`,\r\n `)}\r\n` + // folded: one address a line keeps lines under 998 octets
       `Subject: Tern bench message ${n}\r\n` +
       `MIME-Version: 1.0\r\n` +
       `Content-Type: text/plain; charset=us-ascii\r\n` +

@@ -33,6 +33,7 @@ async function main(): Promise<void> {
       idPrefix: 'queued',
     });
     const injectSeconds = (Date.now() - started) / 1000;
+    if (!load.accepted) throw new Error(`no message was accepted: ${JSON.stringify(load.failures.slice(0, 3))} ${load.connectionErrors.slice(0, 3).join('; ')}`);
     // let the first delivery attempt (all deferred) run through the queue
     let last = -1;
     for (let i = 0; i < 600; i++) {

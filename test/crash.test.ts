@@ -2,6 +2,7 @@
  * Nothing acknowledged is lost: inject 2,000 messages, kill -9 the node mid-delivery, start it again on the
  * same spool, and every message that got a 250 reaches the sink. Duplicates are counted.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { startSink, type Sink } from '../bench/sink.js';
@@ -26,7 +27,7 @@ it('delivers every acknowledged message after kill -9 and restart', { timeout: 1
   const configFile = writeYaml(
     path.join(dir, 'tern.yaml'),
     testConfigDoc(path.join(dir, 'data'), {
-      log: { level: 'warn', file: path.join(dir, 'tern.log') },
+      log: { level: 'info', file: path.join(dir, 'tern.log') },
       listeners: { submission: { port: ports.submission }, control: { port: ports.control } },
       routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: sink.port }],
       delivery: { connections_per_site: connections },
@@ -72,4 +73,12 @@ it('delivers every acknowledged message after kill -9 and restart', { timeout: 1
   expect(duplicates).toBeLessThanOrEqual(connections * 2);
   child.proc.kill('SIGTERM');
   await child.exited;
+
+  // every result is also a JSON log line with an `event` field
+  const lines = fs.readFileSync(path.join(dir, 'tern.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const deliveredLogged = new Set(lines.filter((l) => l.event === 'delivered').map((l) => l.msg));
+  const acceptedLogged = lines.filter((l) => l.event === 'accepted');
+  expect(acceptedLogged.length).toBe(2000);
+  expect(deliveredLogged.size).toBeGreaterThanOrEqual(2000 - duplicates - connections); // the killed process may not have flushed its last lines
+  expect(lines.some((l) => l.event === 'deferred' && /^451/.test(l.response))).toBe(true);
 });

@@ -34,6 +34,11 @@ interface SubmissionDeps {
 const AUTH_FAILURE_LIMIT = 10;
 const AUTH_FAILURE_WINDOW_MS = 10 * 60_000;
 
+/** AUTH sends a password: only over TLS, or from this machine. */
+export function mayAuthenticate(secure: boolean, remoteAddress: string): boolean {
+  return secure || isLoopback(remoteAddress);
+}
+
 const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
 
 export class SubmissionListener {
@@ -117,7 +122,7 @@ export class SubmissionListener {
 
   private onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null | undefined, res?: { user: SessionUser }) => void): void {
     const ip = normalizeAddress(session.remoteAddress);
-    if (!session.secure && !isLoopback(ip)) return cb(smtpError(538, '5.7.11', 'Encryption required for authentication; issue STARTTLS first'));
+    if (!mayAuthenticate(session.secure, ip)) return cb(smtpError(538, '5.7.11', 'Encryption required for authentication; issue STARTTLS first'));
     const failures = this.authFailures.get(ip);
     if (failures && Date.now() - failures.since > AUTH_FAILURE_WINDOW_MS) this.authFailures.delete(ip);
     else if (failures && failures.count >= AUTH_FAILURE_LIMIT)

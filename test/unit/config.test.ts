@@ -3,6 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { buildConfig, ConfigError, loadConfig } from '../../src/core/config.js';
 import { nextAttempt } from '../../src/mta/retry.js';
 import { matchRoute } from '../../src/mta/destination.js';
+import { mayAuthenticate } from '../../src/mta/submission.js';
+import { NetworkList, parseCidr } from '../../src/core/net.js';
 import { ROOT } from '../support/node.js';
 
 const problems = (doc: unknown): string[] => {
@@ -86,5 +88,26 @@ describe('routes', () => {
     expect(matchRoute(routes, 'x.example.com')?.host).toBe('a');
     expect(matchRoute(routes, 'example.com')?.host).toBe('a');
     expect(matchRoute(routes, 'notexample.com')).toBeUndefined();
+  });
+});
+
+describe('submission policy', () => {
+  it('allows AUTH only over TLS or from loopback', () => {
+    expect(mayAuthenticate(false, '127.0.0.1')).toBe(true);
+    expect(mayAuthenticate(false, '::1')).toBe(true);
+    expect(mayAuthenticate(false, '::ffff:127.0.0.5')).toBe(true);
+    expect(mayAuthenticate(false, '192.0.2.10')).toBe(false);
+    expect(mayAuthenticate(false, '2001:db8::1')).toBe(false);
+    expect(mayAuthenticate(true, '192.0.2.10')).toBe(true);
+  });
+  it('matches trusted networks for IPv4, IPv6 and IPv4-mapped addresses', () => {
+    const list = new NetworkList([parseCidr('10.0.0.0/8'), parseCidr('2001:db8::/32'), parseCidr('192.0.2.7')]);
+    expect(list.contains('10.1.2.3')).toBe(true);
+    expect(list.contains('::ffff:10.1.2.3')).toBe(true);
+    expect(list.contains('2001:db8:1::5')).toBe(true);
+    expect(list.contains('192.0.2.7')).toBe(true);
+    expect(list.contains('192.0.2.8')).toBe(false);
+    expect(list.contains('11.0.0.1')).toBe(false);
+    expect(new NetworkList([]).contains('127.0.0.1')).toBe(false);
   });
 });
