@@ -64,7 +64,7 @@ export class TernNode {
     });
 
     store.on('events', (events) => {
-      for (const e of events) log.info({ event: e.type, ...e, type: undefined }, e.type);
+      for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control);

@@ -76,7 +76,7 @@ it('delivers every acknowledged message after kill -9 and restart', { timeout: 1
 
   // every result is also a JSON log line with an `event` field
   const lines = fs.readFileSync(path.join(dir, 'tern.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-  const deliveredLogged = new Set(lines.filter((l) => l.event === 'delivered').map((l) => l.msg));
+  const deliveredLogged = new Set(lines.filter((l) => l.event === 'delivered').map((l) => l.queue_id));
   const acceptedLogged = lines.filter((l) => l.event === 'accepted');
   expect(acceptedLogged.length).toBe(2000);
   expect(deliveredLogged.size).toBeGreaterThanOrEqual(2000 - duplicates - connections); // the killed process may not have flushed its last lines

@@ -60,7 +60,7 @@ describe('retries', () => {
       expect(d.response).toMatch(/^451/);
       expect(Number(d.next_at) - d.at).toBeGreaterThanOrEqual(990); // schedule: 1s, no jitter
       expect(Number(d.next_at) - d.at).toBeLessThanOrEqual(1010);
-      const delivered = events((e) => e.type === 'delivered' && e.msg === d.msg)[0]!;
+      const delivered = events((e) => e.type === 'delivered' && e.queue_id === d.queue_id)[0]!;
       expect(delivered.attempts).toBe(2);
       expect(delivered.at).toBeGreaterThanOrEqual(Number(d.next_at));
     }
@@ -81,9 +81,9 @@ describe('retries', () => {
     expect(history.at(-1)).toBe('expired');
     expect(history.filter((t) => t === 'deferred').length).toBeGreaterThanOrEqual(2);
     const expired = events((e) => e.type === 'expired' && e.rcpt === 'busy1@sink.tern.test')[0]!;
-    const accepted = events((e) => e.type === 'accepted' && e.msg === expired.msg)[0]!;
+    const accepted = events((e) => e.type === 'accepted' && e.queue_id === expired.queue_id)[0]!;
     expect(expired.at - accepted.at).toBeGreaterThanOrEqual(4000);
-    expect(node.spool.body(String(expired.msg))).toBeUndefined();
-    expect(node.spool.recipientStates(String(expired.msg))[0]!.status).toBe('expired');
+    expect(node.spool.body(String(expired.queue_id))).toBeUndefined();
+    expect(node.spool.recipientStates(String(expired.queue_id))[0]!.status).toBe('expired');
   });
 });

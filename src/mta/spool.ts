@@ -160,7 +160,7 @@ export class Spool {
         this.schedule.put(job.key, entryOf(job));
       }
       tx.event('accepted', {
-        msg: msgId,
+        queue_id: msgId,
         message_id: input.messageId,
         tenant: input.tenant,
         campaign,
@@ -253,7 +253,7 @@ export class Spool {
       if (status !== 'queued') finals++;
       this.recipients.put([job.msgId, r.i], { to: r.to, status, attempts, nextAt, last: o.response, queue, updatedAt: now });
       tx.event(type, {
-        msg: job.msgId,
+        queue_id: job.msgId,
         tenant: job.tenant,
         campaign: job.campaign,
         rcpt: r.to,
