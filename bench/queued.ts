@@ -1,25 +1,42 @@
 /**
- * The `queued` scenario: memory with a large queue. Injects `--messages` × `--recipients` recipients while
- * the destination answers 451 to everything (so all of it stays queued), then reports the node's resident
- * memory. Prints one JSON line.
+ * The `queued` scenario: memory with a large queue. Injects `--messages` × `--recipients` recipients that
+ * cannot leave, then reports the node's resident memory. Prints one JSON line.
  *
- *   npx tsx bench/queued.ts [--messages 10000] [--recipients 100]
+ *   npx tsx bench/queued.ts [--messages 10000] [--recipients 100] [--destination tarpit|defer]
+ *
+ * tarpit: the destination accepts TCP connections and never greets (everything stays queued, untried).
+ * defer:  the destination answers 451 to every transaction (every recipient is deferred once: the spool also
+ *         holds a deferral record and event per recipient — the worst case).
  */
+import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startSink } from './sink.js';
 import { runLoad } from './loadgen.js';
-import { currentRssMb, machine, peakRssMb, startTern } from './relay.js';
+import { currentRssMb, machine, peakRssMb, rssBreakdownMb, startTern } from './relay.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { messages: { type: 'string', default: '10000' }, recipients: { type: 'string', default: '100' } } });
+  const { values } = parseArgs({
+    options: { messages: { type: 'string', default: '10000' }, recipients: { type: 'string', default: '100' }, destination: { type: 'string', default: 'tarpit' } },
+  });
+  const tarpit = values.destination === 'tarpit';
   const messages = Number(values.messages);
   const perMessage = Number(values.recipients);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-queued-'));
   const sink = await startSink({ decide: (ctx) => (ctx.stage === 'mail' ? '451 4.3.2 Not accepting mail right now' : undefined) });
-  const tern = await startTern({ sinkPort: sink.port, dkim: true, logLevel: 'warn', dir, extra: { retry: { schedule: ['1h'], max_age: '3d' } } });
+  const held: net.Socket[] = [];
+  const pit = net.createServer((s) => held.push(s.on('error', () => {})));
+  await new Promise<void>((r) => pit.listen(0, '127.0.0.1', r));
+  const destinationPort = tarpit ? (pit.address() as net.AddressInfo).port : sink.port;
+  const tern = await startTern({
+    sinkPort: destinationPort,
+    dkim: true,
+    logLevel: 'warn',
+    dir,
+    extra: { retry: { schedule: ['1h'], max_age: '3d' }, delivery: { connect_timeout: '1h' } },
+  });
   try {
     const started = Date.now();
     const load = await runLoad({
@@ -34,9 +51,9 @@ async function main(): Promise<void> {
     });
     const injectSeconds = (Date.now() - started) / 1000;
     if (!load.accepted) throw new Error(`no message was accepted: ${JSON.stringify(load.failures.slice(0, 3))} ${load.connectionErrors.slice(0, 3).join('; ')}`);
-    // let the first delivery attempt (all deferred) run through the queue
+    // defer: let the first delivery attempt (all deferred) run through the queue
     let last = -1;
-    for (let i = 0; i < 600; i++) {
+    for (let i = 0; i < 600 && !tarpit; i++) {
       await new Promise((r) => setTimeout(r, 1000));
       const res = await fetch(`http://127.0.0.1:${tern.controlPort}/metrics`).then((r) => r.text());
       const deferred = Number(/tern_deliveries_total\{result="deferred"[^}]*\} (\d+)/.exec(res)?.[1] ?? 0);
@@ -45,6 +62,7 @@ async function main(): Promise<void> {
     }
     const result = {
       scenario: 'queued',
+      destination: values.destination,
       machine: machine(),
       queued_recipients: load.accepted * perMessage,
       messages: load.accepted,
@@ -52,13 +70,17 @@ async function main(): Promise<void> {
       injection_rate_msgs: Math.round(load.accepted / injectSeconds),
       injection_rate_recipients: Math.round((load.accepted * perMessage) / injectSeconds),
       rss_mb: currentRssMb(tern.pid),
+      ...rssBreakdownMb(tern.pid),
       peak_rss_mb: peakRssMb(tern.pid),
+      health: await fetch(`http://127.0.0.1:${tern.controlPort}/healthz`).then((r) => r.json()),
       spool_mb: Math.round(fs.statSync(path.join(dir, 'data', 'tern.lmdb')).size / 1024 ** 2),
     };
     process.stdout.write(JSON.stringify(result) + '\n');
   } finally {
     await tern.stop();
     await sink.close();
+    held.forEach((s) => s.destroy());
+    pit.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -65,6 +65,17 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/** Resident memory split into anonymous (heap, buffers) and file-backed (mapped spool pages), in MB. */
+export function rssBreakdownMb(pid: number): { anon_mb?: number; file_mb?: number } {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+    return { anon_mb: Math.round(kb('RssAnon') / 1024), file_mb: Math.round(kb('RssFile') / 1024) };
+  } catch {
+    return {};
+  }
+}
+
 export function currentRssMb(pid: number): number | undefined {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -55,7 +55,17 @@ export class TernNode {
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics });
     const control = buildControlServer({
       metrics,
-      health: () => ({ ok: true, queued_recipients: scheduler.snapshot().queuedRecipients }),
+      health: () => {
+        const snap = scheduler.snapshot();
+        const mem = process.memoryUsage();
+        const mb = (n: number) => Math.round(n / 1024 ** 2);
+        return {
+          ok: true,
+          queued_recipients: snap.queuedRecipients,
+          recipients_in_memory: snap.inMemory,
+          memory_mb: { rss: mb(mem.rss), heap_used: mb(mem.heapUsed), heap_total: mb(mem.heapTotal), external: mb(mem.external), array_buffers: mb(mem.arrayBuffers) },
+        };
+      },
     });
     control.addHook('onRequest', async (req) => {
       if (req.url !== '/metrics') return;

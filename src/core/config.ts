@@ -100,7 +100,7 @@ export const ConfigSchema = Strict({
     data_timeout: Duration('10m', 'the reply after the message data'),
     idle_timeout: Duration('5s', 'keep an idle outbound connection this long for reuse'),
     mx_down_for: Duration('2m', 'skip an MX host that refused a connection for this long'),
-    memory_queue_limit: Type.Integer({ minimum: 100, default: 100_000, description: 'queued recipients held in memory; the rest wait on disk' }),
+    memory_queue_limit: Type.Integer({ minimum: 100, default: 20_000, description: 'queued recipients held in memory; the rest wait on disk' }),
   }),
   retry: Strict({
     schedule: Type.Array(Type.String({ pattern: DURATION_PATTERN }), {

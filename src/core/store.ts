@@ -8,6 +8,8 @@ import path from 'node:path';
 import { EventEmitter } from 'node:events';
 import { open, type Database, type RootDatabase } from 'lmdb';
 
+const STRUCTURES = Symbol.for('structures');
+
 export interface TernEvent {
   seq: number;
   at: number;
@@ -29,13 +31,15 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
     super();
     fs.mkdirSync(dataDir, { recursive: true });
     this.root = open({ path: path.join(dataDir, 'tern.lmdb'), maxDbs: 32, mapSize: 64 * 1024 ** 3 });
-    this.outbox = this.root.openDB({ name: 'events', keyEncoding: 'uint32' });
+    this.outbox = this.root.openDB({ name: 'events', sharedStructuresKey: STRUCTURES });
     this.seq = 0;
-    for (const last of this.outbox.getKeys({ reverse: true, limit: 1 })) this.seq = last;
+    for (const last of this.outbox.getKeys({ reverse: true, limit: 2 })) if (typeof last === 'number' && !this.seq) this.seq = last;
   }
 
+  /** Opens a sub-database; records of one shape share their field names instead of storing them each time. */
   db<V = unknown, K extends import('lmdb').Key = import('lmdb').Key>(name: string, options: { encoding?: 'msgpack' | 'binary'; dupSort?: boolean } = {}): Database<V, K> {
-    return this.root.openDB<V, K>({ name, ...options });
+    const shared = options.encoding === 'binary' ? {} : { sharedStructuresKey: STRUCTURES };
+    return this.root.openDB<V, K>({ name, ...shared, ...options });
   }
 
   /**
@@ -51,7 +55,7 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
           const e: TernEvent = { seq: ++this.seq, at: Date.now(), type, ...fields };
           events.push(e);
           const { seq, ...stored } = e;
-          this.outbox.put(seq, stored);
+          this.outbox.put(seq, stored, { append: true } as never); // seq only grows: pages fill completely
         },
       };
       return change(tx);
@@ -69,6 +73,7 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   events(afterSeq = 0, limit = 1000): TernEvent[] {
     const out: TernEvent[] = [];
     for (const { key, value } of this.outbox.getRange({ start: afterSeq + 1, limit, snapshot: false })) {
+      if (typeof key !== 'number') continue;
       out.push({ seq: key, ...value } as TernEvent);
     }
     return out;
@@ -79,7 +84,8 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
     let removed = 0;
     for (;;) {
       const old: number[] = [];
-      for (const { key, value } of this.outbox.getRange({ limit: batch, snapshot: false })) {
+      for (const { key, value } of this.outbox.getRange({ start: 1, limit: batch, snapshot: false })) {
+        if (typeof key !== 'number') continue; // never the shared-structures entry
         if (value.at >= before) break;
         old.push(key);
       }

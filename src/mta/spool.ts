@@ -193,8 +193,10 @@ export class Spool {
 
   /** Scheduled entries due by `until`, in due order, starting after `after` (exclusive). */
   *due(after: ScheduleKey | null, until: number): Generator<Job> {
-    const range = this.schedule.getRange({ start: after ?? undefined, end: [until + 1], snapshot: false });
+    // typed bounds (and the guard) keep the shared-structures entry, a Symbol key, out of the scan
+    const range = this.schedule.getRange({ start: after ?? [0], end: [until + 1], snapshot: false });
     for (const { key, value } of range) {
+      if (!Array.isArray(key)) continue;
       if (after && key[0] === after[0] && key[1] === after[1] && key[2] === after[2] && key[3] === after[3]) continue;
       yield { key, msgId: key[1], domain: key[2], ...value };
     }
@@ -202,12 +204,12 @@ export class Spool {
 
   /** Number of scheduled entries and the due time of the first (for metrics and idle waits). */
   nextDue(): number | null {
-    for (const first of this.schedule.getKeys({ limit: 1 })) return first[0];
+    for (const first of this.schedule.getKeys({ start: [0], limit: 1 })) if (Array.isArray(first)) return first[0];
     return null;
   }
 
   scheduledCount(): number {
-    return this.schedule.getCount();
+    return this.schedule.getCount({ start: [0] });
   }
 
   /**
@@ -289,7 +291,8 @@ export class Spool {
   /** Deletes finished messages (and their recipient records) created before `before`. */
   async pruneFinished(before: number, batch = 5000): Promise<number> {
     const done: string[] = [];
-    for (const { key, value } of this.messages.getRange({ limit: batch, snapshot: false })) {
+    for (const { key, value } of this.messages.getRange({ start: '', limit: batch, snapshot: false })) {
+      if (typeof key !== 'string') continue;
       if (value.createdAt >= before) break;
       if (value.pending <= 0) done.push(key);
     }
