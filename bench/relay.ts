@@ -149,7 +149,8 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     listeners: { submission: { host: '127.0.0.1', port }, control: { host: '127.0.0.1', port: controlPort } },
     smtp_users: [{ username: 'bench', password: 'bench-password', tenant: 'default' }],
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: opts.sinkPort }],
-    dkim: { keys },
+    dkim: { keys, ...(process.env.TERN_DKIM_WORKERS ? { workers: Number(process.env.TERN_DKIM_WORKERS) } : {}) },
+    ...(process.env.TERN_SITE_CONNECTIONS ? { delivery: { connections_per_site: Number(process.env.TERN_SITE_CONNECTIONS) } } : {}),
     ...opts.extra,
   };
   const file = path.join(opts.dir, 'tern.yaml');
@@ -203,6 +204,10 @@ async function main(): Promise<void> {
       const benchBefore = process.cpuUsage();
       const { load: _load, ...run } = await drive(sink, tern.port, { count, size, connections, auth: { user: 'bench', pass: 'bench-password' }, idPrefix: 'tern' });
       const bench = process.cpuUsage(benchBefore);
+      if (process.env.TERN_SHOW_METRICS) {
+        const m = await fetch(`http://127.0.0.1:${tern.controlPort}/metrics`).then((r) => r.text());
+        process.stderr.write(m.split('\n').filter((l) => /commit_seconds_(bucket|sum|count)/.test(l)).join('\n') + '\n');
+      }
       result.tern = {
         ...run,
         peak_rss_mb: peakRssMb(tern.pid),

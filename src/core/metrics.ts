@@ -15,6 +15,12 @@ export class Metrics {
     buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
     registers: [this.registry],
   });
+  readonly resultCommitSeconds = new Histogram({
+    name: 'tern_spool_result_commit_seconds',
+    help: 'time to commit a delivery attempt\'s outcome to the spool',
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1],
+    registers: [this.registry],
+  });
   readonly queueDepth = new Gauge({ name: 'tern_queue_recipients', help: 'recipients waiting, by tier', labelNames: ['tier'], registers: [this.registry] });
   readonly readyQueueDepth = new Gauge({ name: 'tern_ready_queue_recipients', help: 'recipients in ready queues by site', labelNames: ['site'], registers: [this.registry] });
 

@@ -347,6 +347,9 @@ export class Scheduler {
     const siteLabel = rq.site.key;
     this.deps.metrics.openConnections.inc({ site: siteLabel });
     let sent = 0;
+    // the previous transaction's outcome may still be committing while this one is on the wire, but no
+    // further: a crash repeats at most two transactions per connection
+    let recording: Promise<unknown> = Promise.resolve();
     try {
       while (conn.usable && !this.stopping && sent < this.limits.messagesPerConnection) {
         let batch = rq.take(this.limits.recipientsPerTransaction);
@@ -359,10 +362,13 @@ export class Scheduler {
           if (!batch) continue;
         }
         sent++;
-        const keepGoing = await this.transaction(conn, rq, batch, mx);
+        const { keepGoing, recorded } = await this.transaction(conn, rq, batch, mx);
+        await recording;
+        recording = recorded;
         if (!keepGoing) break;
       }
     } finally {
+      await recording;
       this.deps.metrics.openConnections.dec({ site: siteLabel });
       this.connections.delete(conn);
       conn.quit();
@@ -370,8 +376,11 @@ export class Scheduler {
     if (rq.length) this.pump(rq);
   }
 
-  /** Sends one message to the batch's recipients; returns false when the connection should not be reused. */
-  private async transaction(conn: OutboundConnection, rq: ReadyQueue, batch: Job[], mx: string): Promise<boolean> {
+  /**
+   * Sends one message to the batch's recipients. `keepGoing` is false when the connection should not be
+   * reused; `recorded` settles once the outcomes are committed to the spool.
+   */
+  private async transaction(conn: OutboundConnection, rq: ReadyQueue, batch: Job[], mx: string): Promise<{ keepGoing: boolean; recorded: Promise<unknown> }> {
     const first = batch[0]!;
     const body = this.deps.spool.body(first.msgId);
     const source = rq.source.name;
@@ -382,10 +391,8 @@ export class Scheduler {
           this.release(job);
           this.queuedRecipients -= job.rcpts.length;
         }));
-      return true;
+      return { keepGoing: true, recorded: Promise.resolve() };
     }
-    // a connection sends its next message only once this one's outcome is committed, so that a crash can
-    // repeat at most one transaction per connection
     const recorded: Promise<unknown>[] = [];
     const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));
     const utf8 = /[^\x00-\x7f]/.test(first.sender) || recipients.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
@@ -402,24 +409,24 @@ export class Scheduler {
         recorded.push(this.finish(job, outcomes, rq.site.key));
       }
       if (result.accepted.length === 0 && result.rejected.size) await conn.reset().catch(() => conn.destroy());
-      await Promise.all(recorded);
-      return true;
+      return { keepGoing: true, recorded: Promise.all(recorded) };
     } catch (err) {
       const e = err as DeliveryError;
       const result = e.network ? 'deferred' : resultFor(e.code);
       for (const job of batch) recorded.push(this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key));
-      await Promise.all(recorded);
-      if (e.network || e.code === 421) return false;
+      if (e.network || e.code === 421) return { keepGoing: false, recorded: Promise.all(recorded) };
       await conn.reset().catch(() => conn.destroy());
-      return conn.usable;
+      return { keepGoing: conn.usable, recorded: Promise.all(recorded) };
     }
   }
 
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
   private finish(job: Job, outcomes: Outcome[], site: string): Promise<unknown> {
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
+    const started = performance.now();
     return this.track(
       this.deps.spool.complete(job, outcomes).then((next) => {
+        this.deps.metrics.resultCommitSeconds.observe((performance.now() - started) / 1000);
         this.release(job);
         this.queuedRecipients -= job.rcpts.length - (next?.rcpts.length ?? 0);
         this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
