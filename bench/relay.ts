@@ -3,7 +3,10 @@
  * When Postfix is installed the same load is relayed through a private Postfix to the same sink (plain, and
  * with OpenDKIM when installed), so the comparison is one command:
  *
- *   npm run bench -- [--count 20000] [--size 5120] [--connections 20] [--no-dkim] [--no-postfix] [--log info]
+ *   npm run bench -- [--count 20000] [--size 5120] [--connections 50] [--site-connections 50] [--no-dkim] [--no-postfix] [--log info]
+ *
+ * --connections is the generator's concurrency; --site-connections the relay's outbound concurrency to the
+ * sink (Tern's delivery.connections_per_site and Postfix's destination concurrency limit alike).
  *
  * Tern runs as its own process (`tern start`, as an operator runs it), with an RSA-2048 DKIM key for the
  * sender domain and the spool fsynced before every 250. The generator and the sink share this process.
@@ -134,7 +137,7 @@ export interface TernProcess {
 }
 
 /** Starts `tern start` as a child process with a bench config and waits until it listens. */
-export async function startTern(opts: { sinkPort: number; dkim: boolean; logLevel: string; dir: string; extra?: Record<string, unknown> }): Promise<TernProcess> {
+export async function startTern(opts: { sinkPort: number; dkim: boolean; logLevel: string; dir: string; siteConnections?: number; extra?: Record<string, unknown> }): Promise<TernProcess> {
   const port = await freePort();
   const controlPort = await freePort();
   const keys = [];
@@ -150,7 +153,7 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     smtp_users: [{ username: 'bench', password: 'bench-password', tenant: 'default' }],
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: opts.sinkPort }],
     dkim: { keys, ...(process.env.TERN_DKIM_WORKERS ? { workers: Number(process.env.TERN_DKIM_WORKERS) } : {}) },
-    ...(process.env.TERN_SITE_CONNECTIONS ? { delivery: { connections_per_site: Number(process.env.TERN_SITE_CONNECTIONS) } } : {}),
+    delivery: { connections_per_site: opts.siteConnections },
     ...opts.extra,
   };
   const file = path.join(opts.dir, 'tern.yaml');
@@ -183,7 +186,8 @@ async function main(): Promise<void> {
     options: {
       count: { type: 'string', default: '20000' },
       size: { type: 'string', default: '5120' },
-      connections: { type: 'string', default: '20' },
+      connections: { type: 'string', default: '50' },
+      'site-connections': { type: 'string', default: '50' },
       'no-dkim': { type: 'boolean', default: false },
       'no-postfix': { type: 'boolean', default: false },
       log: { type: 'string', default: 'info' },
@@ -192,12 +196,13 @@ async function main(): Promise<void> {
   const count = Number(values.count);
   const size = Number(values.size);
   const connections = Number(values.connections);
+  const siteConnections = Number(values['site-connections']);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-bench-'));
   const sink = await startSink();
-  const result: Record<string, unknown> = { scenario: 'relay', machine: machine(), params: { count, size, connections, dkim: !values['no-dkim'] ? 'rsa-2048' : 'none', log: values.log } };
+  const result: Record<string, unknown> = { scenario: 'relay', machine: machine(), params: { count, size, connections, site_connections: siteConnections, dkim: !values['no-dkim'] ? 'rsa-2048' : 'none', log: values.log } };
   try {
     // a short warm-up lets the JIT settle, as it would on a node that has been running
-    const tern = await startTern({ sinkPort: sink.port, dkim: !values['no-dkim'], logLevel: values.log!, dir });
+    const tern = await startTern({ sinkPort: sink.port, dkim: !values['no-dkim'], logLevel: values.log!, dir, siteConnections });
     try {
       await drive(sink, tern.port, { count: Math.min(2000, count), size, connections, auth: { user: 'bench', pass: 'bench-password' }, idPrefix: 'warm' });
       const cpuBefore = cpuSeconds(tern.pid);
@@ -220,7 +225,13 @@ async function main(): Promise<void> {
     }
     if (!values['no-postfix'] && postfixAvailable() && process.getuid?.() === 0) {
       for (const dkim of opendkimAvailable() ? [false, true] : [false]) {
-        const pf = await startPostfix({ listenPort: await freePort(), sinkPort: sink.port, dkim, dkimDomain: 'bench.tern.test' });
+        const pf = await startPostfix({
+          listenPort: await freePort(),
+          sinkPort: sink.port,
+          dkim,
+          dkimDomain: 'bench.tern.test',
+          extraMainCf: { default_destination_concurrency_limit: siteConnections, smtp_destination_concurrency_limit: siteConnections },
+        });
         try {
           await drive(sink, pf.port, { count: Math.min(2000, count), size, connections, idPrefix: `pfwarm${dkim ? 'd' : ''}` });
           const { load: _load, ...run } = await drive(sink, pf.port, { count, size, connections, idPrefix: `pf${dkim ? 'd' : ''}` });
