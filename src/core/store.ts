@@ -18,7 +18,7 @@ export interface TernEvent {
 }
 
 export interface Tx {
-  /** Records an event as part of this transaction. */
+  /** Records an event as part of this transaction (`at` defaults to now). */
   event(type: string, fields: Record<string, unknown>): void;
 }
 

@@ -160,6 +160,7 @@ export class Spool {
         this.schedule.put(job.key, entryOf(job));
       }
       tx.event('accepted', {
+        at: now, // the event's time is the state change's time
         queue_id: msgId,
         message_id: input.messageId,
         tenant: input.tenant,
@@ -255,6 +256,7 @@ export class Spool {
       if (status !== 'queued') finals++;
       this.recipients.put([job.msgId, r.i], { to: r.to, status, attempts, nextAt, last: o.response, queue, updatedAt: now });
       tx.event(type, {
+        at: now,
         queue_id: job.msgId,
         tenant: job.tenant,
         campaign: job.campaign,
