@@ -35,7 +35,8 @@ async function main(): Promise<void> {
     dkim: true,
     logLevel: 'warn',
     dir,
-    extra: { retry: { schedule: ['1h'], max_age: '3d' }, delivery: { connect_timeout: '1h' } },
+    shaping: { connect_timeout: '1h' },
+    extra: { retry: { schedule: ['1h'], max_age: '3d' } },
   });
   try {
     const started = Date.now();

@@ -6,7 +6,7 @@
  *   npm run bench -- [--count 20000] [--size 5120] [--connections 50] [--site-connections 50] [--no-dkim] [--no-postfix] [--log info]
  *
  * --connections is the generator's concurrency; --site-connections the relay's outbound concurrency to the
- * sink (Tern's delivery.connections_per_site and Postfix's destination concurrency limit alike).
+ * sink (Tern's shaping `connections` and Postfix's destination concurrency limit alike).
  *
  * Tern runs as its own process (`tern start`, as an operator runs it), with an RSA-2048 DKIM key for the
  * sender domain and the spool fsynced before every 250. The generator and the sink share this process.
@@ -136,8 +136,17 @@ export interface TernProcess {
   stop(): Promise<void>;
 }
 
+function writeShaping(dir: string, defaults: Record<string, unknown>): string {
+  const file = path.join(dir, 'shaping.yaml');
+  const shipped = YAML.parse(fs.readFileSync(path.join(ROOT, 'config/shaping.yaml'), 'utf8'));
+  shipped.default = { ...shipped.default, ...defaults };
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(file, YAML.stringify(shipped));
+  return file;
+}
+
 /** Starts `tern start` as a child process with a bench config and waits until it listens. */
-export async function startTern(opts: { sinkPort: number; dkim: boolean; logLevel: string; dir: string; siteConnections?: number; extra?: Record<string, unknown> }): Promise<TernProcess> {
+export async function startTern(opts: { sinkPort: number; dkim: boolean; logLevel: string; dir: string; shaping?: Record<string, unknown>; extra?: Record<string, unknown> }): Promise<TernProcess> {
   const port = await freePort();
   const controlPort = await freePort();
   const keys = [];
@@ -153,7 +162,8 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     smtp_users: [{ username: 'bench', password: 'bench-password', tenant: 'default' }],
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: opts.sinkPort }],
     dkim: { keys, ...(process.env.TERN_DKIM_WORKERS ? { workers: Number(process.env.TERN_DKIM_WORKERS) } : {}) },
-    delivery: { connections_per_site: opts.siteConnections },
+    // the shipped shaping rules with the benchmark's concurrency towards the sink
+    shaping: { file: writeShaping(opts.dir, opts.shaping ?? {}) },
     ...opts.extra,
   };
   const file = path.join(opts.dir, 'tern.yaml');
@@ -202,7 +212,7 @@ async function main(): Promise<void> {
   const result: Record<string, unknown> = { scenario: 'relay', machine: machine(), params: { count, size, connections, site_connections: siteConnections, dkim: !values['no-dkim'] ? 'rsa-2048' : 'none', log: values.log } };
   try {
     // a short warm-up lets the JIT settle, as it would on a node that has been running
-    const tern = await startTern({ sinkPort: sink.port, dkim: !values['no-dkim'], logLevel: values.log!, dir, siteConnections });
+    const tern = await startTern({ sinkPort: sink.port, dkim: !values['no-dkim'], logLevel: values.log!, dir, shaping: { connections: siteConnections } });
     try {
       await drive(sink, tern.port, { count: Math.min(2000, count), size, connections, auth: { user: 'bench', pass: 'bench-password' }, idPrefix: 'warm' });
       const cpuBefore = cpuSeconds(tern.pid);

@@ -3,14 +3,20 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './core/config.js';
 import { generateDkimKey } from './mta/dkim.js';
-import { TernNode } from './node.js';
+import { TernNode, explainShaping } from './node.js';
+import { Shaping } from './mta/shaping.js';
+import { DnsClient } from './mta/dns.js';
+import { DestinationResolver } from './mta/destination.js';
 
 const DEFAULT_CONFIG = 'config/tern.yaml';
 
 const USAGE = `usage:
   tern start [--config FILE]          run a node (default config: ${DEFAULT_CONFIG})
   tern dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits 2048] [--dir DIR]
-                                      write a DKIM key and print the DNS record to publish`;
+                                      write a DKIM key and print the DNS record to publish
+  tern shaping explain DOMAIN [--source NAME] [--config FILE] [--json]
+                                      the shaping settings for DOMAIN from SOURCE, and where each comes from
+  tern reload [--config FILE]         make the running node re-read its shaping file (same as SIGHUP)`;
 
 function fail(message: string): never {
   process.stderr.write(`${message}\n`);
@@ -45,6 +51,59 @@ async function start(argv: string[]): Promise<void> {
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGHUP', () => node.reloadShaping());
+}
+
+function configOrExit(file: string | undefined) {
+  try {
+    return loadConfig(file ?? DEFAULT_CONFIG);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+async function shaping(argv: string[]): Promise<void> {
+  const [sub, ...rest] = argv;
+  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { source: { type: 'string' }, config: { type: 'string', short: 'c' }, json: { type: 'boolean', default: false } } });
+  if (sub !== 'explain' || positionals.length !== 1) fail(USAGE);
+  const config = configOrExit(values.config);
+  let rules;
+  try {
+    rules = Shaping.load(config.shapingFile);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
+  try {
+    const out = await explainShaping(rules, resolver, config, positionals[0]!, values.source);
+    if (values.json) {
+      process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+      return;
+    }
+    const where = out.route ? `route ${out.route}` : out.site ? `site ${out.site}` : `no destination (${out.destination_error})`;
+    const lines = [`${out.domain} from source ${out.source}: ${where}${out.provider ? `, provider ${out.provider}` : ''}`, `shaping file: ${out.shaping_file}`, ''];
+    for (const [name, { value, from }] of Object.entries(out.settings)) lines.push(`  ${name.padEnd(28)}${String(value).padEnd(14)}from ${from}`);
+    process.stdout.write(lines.join('\n') + '\n');
+  } catch (err) {
+    fail(`tern shaping explain: ${(err as Error).message}`);
+  }
+}
+
+async function reload(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
+  const config = configOrExit(values.config);
+  if (!config.adminToken) fail('tern reload: set control.admin_token in the config or TERN_ADMIN_TOKEN, or send SIGHUP to the node');
+  const host = config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host;
+  let res;
+  try {
+    res = await fetch(`http://${host}:${config.control.port}/api/v1/reload`, { method: 'POST', headers: { authorization: `Bearer ${config.adminToken}` } });
+  } catch (err) {
+    fail(`tern reload: no node answers on ${host}:${config.control.port}: ${(err as Error).message}`);
+  }
+  const body = await res.text();
+  process.stdout.write(body + '\n');
+  if (!res.ok) process.exit(1);
 }
 
 function dkim(argv: string[]): void {
@@ -83,6 +142,12 @@ switch (command) {
     break;
   case 'dkim':
     dkim(args);
+    break;
+  case 'shaping':
+    await shaping(args);
+    break;
+  case 'reload':
+    await reload(args);
     break;
   default:
     fail(USAGE);

@@ -17,6 +17,7 @@ import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-po
 import { Scheduler } from './mta/queues.js';
 import { Spool } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
+import { Shaping, describeSettings } from './mta/shaping.js';
 import { buildControlServer } from './control/server.js';
 
 export interface NodeOptions {
@@ -39,7 +40,29 @@ export class TernNode {
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
+    private readonly resolver: DestinationResolver,
   ) {}
+
+  shaping!: Shaping;
+
+  /** Re-reads the shaping file and applies it; on an invalid file the rules in force stay. */
+  reloadShaping(): { ok: true; file: string } | { ok: false; problems: string[] } {
+    try {
+      this.shaping = Shaping.load(this.config.shapingFile);
+    } catch (err) {
+      const problems = (err as { problems?: string[] }).problems ?? [(err as Error).message];
+      this.log.error({ problems }, 'shaping reload refused; the rules in force stay');
+      return { ok: false, problems };
+    }
+    this.scheduler.setShaping(this.shaping);
+    this.log.info({ file: this.config.shapingFile }, 'shaping rules reloaded');
+    return { ok: true, file: this.config.shapingFile };
+  }
+
+  /** What applies to mail for `domain` from `source`, and why. */
+  async explainShaping(domain: string, source?: string) {
+    return explainShaping(this.shaping, this.resolver, this.config, domain, source);
+  }
 
   static async start(config: Config, opts: NodeOptions = {}): Promise<TernNode> {
     const log = opts.logger ?? createLogger(config.log);
@@ -48,13 +71,18 @@ export class TernNode {
     const store = new Store(config.dataDir);
     const spool = new Spool(store, config.retry);
     const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics });
+    const shaping = Shaping.load(config.shapingFile);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping });
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics });
+    let nodeRef: TernNode | null = null;
     const control = buildControlServer({
       metrics,
+      adminToken: config.adminToken,
+      explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source),
+      reload: () => nodeRef!.reloadShaping(),
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -77,7 +105,9 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control, resolver);
+    node.shaping = shaping;
+    nodeRef = node;
     try {
       scheduler.start();
       node.ports.submission = await submission.listen();
@@ -126,4 +156,26 @@ function bootstrapUser(dataDir: string, log: Logger): { username: string; passwo
   log.warn({ username: cred.username, file }, 'no smtp_users configured: using the bootstrap SMTP credential');
   process.stderr.write(`\nTern: SMTP submission login (no smtp_users in config): user "${cred.username}" password "${cred.password}"\n      (kept in ${file})\n\n`);
   return cred;
+}
+
+/** Resolves the domain (route or MX set) and merges the shaping layers for it, naming each value's origin. */
+export async function explainShaping(shaping: Shaping, resolver: DestinationResolver, config: Config, domain: string, source?: string) {
+  const d = domain.toLowerCase();
+  const sourceName = source ?? Object.values(config.pools)[0]!.sources[0]!.name;
+  const known = Object.values(config.pools).some((p) => p.sources.some((s) => s.name === sourceName));
+  if (!known) throw new Error(`no egress source is named "${sourceName}"`);
+  const dest = await resolver.resolve(d);
+  const mxHosts = dest.ok ? dest.site.hosts.map((h) => h.name) : [];
+  const e = shaping.explain({ domain: shaping.hasDomainBlock(d) ? d : '', mxHosts, source: sourceName });
+  const settings = describeSettings(e.settings);
+  return {
+    domain: d,
+    source: sourceName,
+    site: dest.ok ? dest.site.key : null,
+    route: dest.ok && dest.site.route ? `${dest.site.route.host}:${dest.site.route.port}` : null,
+    destination_error: dest.ok ? null : dest.response,
+    provider: e.provider,
+    shaping_file: shaping.file,
+    settings: Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, { value: v, from: e.origins[k as keyof typeof e.origins] }])),
+  };
 }

@@ -1,14 +1,31 @@
-/** The control listener (fastify). This stage serves /healthz and /metrics; the control API grows here. */
-import Fastify, { type FastifyInstance } from 'fastify';
+/** The control listener (fastify): health, metrics, and the operator's admin routes. */
+import crypto from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Metrics } from '../core/metrics.js';
 
 export interface ControlDeps {
   metrics: Metrics;
   health: () => { ok: boolean; [k: string]: unknown };
+  /** null: admin routes answer 403 */
+  adminToken: string | null;
+  explainShaping: (domain: string, source?: string) => Promise<unknown>;
+  reload: () => { ok: boolean; [k: string]: unknown };
 }
+
+const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
 
 export function buildControlServer(deps: ControlDeps): FastifyInstance {
   const app = Fastify({ logger: false });
+  const expected = deps.adminToken ? crypto.createHash('sha256').update(deps.adminToken).digest() : null;
+
+  /** Admin routes take `Authorization: Bearer <operator token>`. */
+  const operator = async (req: FastifyRequest, reply: FastifyReply) => {
+    if (!expected) return fail(reply, 403, 'admin_disabled', 'Admin routes are off: set control.admin_token in the config or TERN_ADMIN_TOKEN in the environment');
+    const given = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+    if (!crypto.timingSafeEqual(crypto.createHash('sha256').update(given).digest(), expected))
+      return fail(reply, 401, 'unauthorized', 'Send the operator token as "Authorization: Bearer <token>"');
+  };
+
   app.get('/healthz', async (_req, reply) => {
     const h = deps.health();
     return reply.code(h.ok ? 200 : 503).send(h);
@@ -16,6 +33,19 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metrics.registry.metrics();
+  });
+  app.get<{ Querystring: { domain?: string; source?: string } }>('/api/v1/shaping/explain', { preHandler: operator }, async (req, reply) => {
+    const { domain, source } = req.query;
+    if (!domain || !/^[A-Za-z0-9.-]+$/.test(domain)) return fail(reply, 400, 'invalid_domain', 'Give the domain as ?domain=example.com');
+    try {
+      return await deps.explainShaping(domain, source);
+    } catch (err) {
+      return fail(reply, 404, 'not_found', (err as Error).message);
+    }
+  });
+  app.post('/api/v1/reload', { preHandler: operator }, async (_req, reply) => {
+    const r = deps.reload();
+    return reply.code(r.ok ? 200 : 422).send(r);
   });
   return app;
 }

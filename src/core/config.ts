@@ -92,13 +92,8 @@ export const ConfigSchema = Strict({
   dkim: Strict({ keys: Type.Array(DkimKey, { default: [] }), workers: Type.Integer({ minimum: 0, default: 0, description: '0 = one per core' }) }),
   delivery: Strict({
     smtp_port: Type.Integer({ minimum: 1, maximum: 65535, default: 25, description: 'port of MX hosts (routes name their own)' }),
-    connections_per_site: Type.Integer({ minimum: 1, default: 20 }),
-    messages_per_connection: Type.Integer({ minimum: 1, default: 100 }),
-    recipients_per_transaction: Type.Integer({ minimum: 1, default: 100 }),
-    connect_timeout: Duration('30s', 'TCP connect and greeting'),
     command_timeout: Duration('5m', 'one SMTP reply'),
     data_timeout: Duration('10m', 'the reply after the message data'),
-    idle_timeout: Duration('5s', 'keep an idle outbound connection this long for reuse'),
     mx_down_for: Duration('2m', 'skip an MX host that refused a connection for this long'),
     memory_queue_limit: Type.Integer({ minimum: 100, default: 20_000, description: 'queued recipients held in memory; the rest wait on disk' }),
   }),
@@ -112,7 +107,12 @@ export const ConfigSchema = Strict({
     max_age: Duration('3d', 'give up (expire) after this long'),
   }),
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
+  control: Strict({ admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })) }),
+  shaping: Strict({ file: Type.Optional(Type.String({ minLength: 1, description: 'shaping rules; default: the shipped config/shaping.yaml' })) }),
 });
+
+/** config/shaping.yaml of this installation, used when the config names no shaping file. */
+export const SHIPPED_SHAPING_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'shaping.yaml');
 
 export type RawConfig = Static<typeof ConfigSchema>;
 
@@ -134,18 +134,16 @@ export interface Config {
   dkim: { keys: Array<{ domain: string; selector: string; keyFile: string }>; workers: number };
   delivery: {
     smtpPort: number;
-    connectionsPerSite: number;
-    messagesPerConnection: number;
-    recipientsPerTransaction: number;
-    connectTimeoutMs: number;
     commandTimeoutMs: number;
     dataTimeoutMs: number;
-    idleTimeoutMs: number;
     mxDownMs: number;
     memoryQueueLimit: number;
   };
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
+  shapingFile: string;
+  /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
+  adminToken: string | null;
 }
 
 export class ConfigError extends Error {
@@ -172,24 +170,38 @@ export function buildConfig(doc: unknown, file: string | null = null): Config {
   if (doc === null || doc === undefined) doc = {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(['the file must hold a mapping of keys']);
   const withDefaults = Value.Default(ConfigSchema, structuredClone(doc)) as RawConfig;
+  const problems = schemaProblems(ConfigSchema, withDefaults);
+  if (problems.length) throw new ConfigError(problems);
+  return resolve(withDefaults, file, problems);
+}
+
+/**
+ * Checks a document against a schema; each problem is a sentence starting with the key path.
+ * `patterns` maps a string pattern of the schema to what a valid value looks like.
+ */
+export function schemaProblems(schema: TSchema, doc: unknown, patterns: Record<string, string> = {}): string[] {
+  const hints: Record<string, string> = { [DURATION_PATTERN]: 'a duration; write it like "30s", "5m", "1h" or "3d"', ...patterns };
   const problems: string[] = [];
   const seen = new Set<string>();
-  for (const err of Value.Errors(ConfigSchema, withDefaults)) {
+  for (const err of Value.Errors(schema, doc)) {
     const at = pointerToPath(err.path) || '(top level)';
     if (seen.has(at)) continue; // a union reports once per branch; the first reason is enough
     seen.add(at);
+    // a value that may be several things (a rate or null) is reported at the union: look for a pattern in it
+    const candidates = [err.schema, ...((err.schema.anyOf as TSchema[] | undefined) ?? [])];
+    const pattern = candidates.map((c) => c.pattern).find((p): p is string => typeof p === 'string' && p in hints);
+    const hint = typeof err.value === 'string' && pattern ? hints[pattern] : undefined;
     if (/additional|unexpected property/i.test(err.message)) {
       // reported at the unknown key's own path; err.schema is the object that does not allow it
       const allowed = Object.keys((err.schema as { properties?: object }).properties ?? {});
       problems.push(`${at}: unknown key; the keys allowed here are ${allowed.join(', ')}`);
-    } else if (err.schema.pattern === DURATION_PATTERN) {
-      problems.push(`${at}: ${describe(err.value)} is not a duration; write it like "30s", "5m", "1h" or "3d"`);
+    } else if (hint) {
+      problems.push(`${at}: ${describe(err.value)} is not ${hint}`);
     } else {
       problems.push(`${at}: ${describe(err.value)} is invalid: ${err.message.toLowerCase()}`);
     }
   }
-  if (problems.length) throw new ConfigError(problems);
-  return resolve(withDefaults, file, problems);
+  return problems;
 }
 
 function resolve(raw: RawConfig, file: string | null, problems: string[]): Config {
@@ -241,6 +253,8 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     if (!fs.existsSync(tls.cert)) problems.push(`listeners.submission.tls.cert_file: ${tls.cert} does not exist`);
     if (!fs.existsSync(tls.key)) problems.push(`listeners.submission.tls.key_file: ${tls.key} does not exist`);
   }
+  const shapingFile = raw.shaping.file ? fromConfig(raw.shaping.file) : SHIPPED_SHAPING_FILE;
+  if (!fs.existsSync(shapingFile)) problems.push(`shaping.file: ${shapingFile} does not exist`);
   let maxMessageSize = 0;
   try {
     maxMessageSize = parseSize(sub.max_message_size);
@@ -272,18 +286,15 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     dkim: { keys: dkimKeys, workers: raw.dkim.workers },
     delivery: {
       smtpPort: raw.delivery.smtp_port,
-      connectionsPerSite: raw.delivery.connections_per_site,
-      messagesPerConnection: raw.delivery.messages_per_connection,
-      recipientsPerTransaction: raw.delivery.recipients_per_transaction,
-      connectTimeoutMs: parseDuration(raw.delivery.connect_timeout),
       commandTimeoutMs: parseDuration(raw.delivery.command_timeout),
       dataTimeoutMs: parseDuration(raw.delivery.data_timeout),
-      idleTimeoutMs: parseDuration(raw.delivery.idle_timeout),
       mxDownMs: parseDuration(raw.delivery.mx_down_for),
       memoryQueueLimit: raw.delivery.memory_queue_limit,
     },
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },
+    shapingFile,
+    adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
   };
 }
 

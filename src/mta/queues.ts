@@ -12,22 +12,16 @@ import type { Config } from '../core/config.js';
 import { DestinationResolver, type Site } from './destination.js';
 import { OutboundConnection, DeliveryError, type TlsPolicy } from './smtp-client.js';
 import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type Spool } from './spool.js';
+import { Gcra } from './rate.js';
+import type { Shaping, ShapingSettings } from './shaping.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface EgressSource {
   name: string;
   address: string;
   ehlo: string;
   pool: string;
-}
-
-export interface DeliveryLimits {
-  connections: number;
-  messagesPerConnection: number;
-  recipientsPerTransaction: number;
-  idleTimeoutMs: number;
-  connectTimeoutMs: number;
-  commandTimeoutMs: number;
-  dataTimeoutMs: number;
 }
 
 /** Jobs bound for one site from one source, and the connections that drain them. */
@@ -45,10 +39,16 @@ export class ReadyQueue {
   recipients = 0;
   delivered = 0;
 
+  /** the settings in force, recomputed when the shaping rules are reloaded */
+  settings!: ShapingSettings;
+  settingsVersion = -1;
+
   constructor(
     readonly key: string,
     readonly source: EgressSource,
     readonly site: Site,
+    /** the domain whose `domains` block shapes this queue, or null when the site's limits apply */
+    readonly shapedDomain: string | null,
   ) {}
 
   get length(): number {
@@ -124,6 +124,7 @@ export class ReadyQueue {
 
 interface SchedulerDeps {
   config: Config;
+  shaping: Shaping;
   spool: Spool;
   resolver: DestinationResolver;
   log: Logger;
@@ -147,19 +148,13 @@ export class Scheduler {
   private readonly connections = new Set<OutboundConnection>();
   private readonly inflight = new Set<Promise<unknown>>();
   private queuedRecipients = 0;
-  readonly limits: DeliveryLimits;
+  private shaping: Shaping;
+  private shapingVersion = 0;
+  private readonly messageRate = new Gcra();
+  private readonly connectionRate = new Gcra();
 
   constructor(private readonly deps: SchedulerDeps) {
-    const d = deps.config.delivery;
-    this.limits = {
-      connections: d.connectionsPerSite,
-      messagesPerConnection: d.messagesPerConnection,
-      recipientsPerTransaction: d.recipientsPerTransaction,
-      idleTimeoutMs: d.idleTimeoutMs,
-      connectTimeoutMs: d.connectTimeoutMs,
-      commandTimeoutMs: d.commandTimeoutMs,
-      dataTimeoutMs: d.dataTimeoutMs,
-    };
+    this.shaping = deps.shaping;
     for (const [pool, p] of Object.entries(deps.config.pools)) this.sourcesByPool.set(pool, p.sources.map((s) => ({ ...s, pool })));
   }
 
@@ -257,14 +252,30 @@ export class Scheduler {
       this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: dest.response })), 'dns');
       return;
     }
-    const key = `${source.name}->${dest.site.key}`;
+    const shapedDomain = this.shaping.hasDomainBlock(job.domain) ? job.domain : null;
+    const key = `${source.name}->${dest.site.key}${shapedDomain ? `#${shapedDomain}` : ''}`;
     let rq = this.readyQueues.get(key);
     if (!rq) {
-      rq = new ReadyQueue(key, source, dest.site);
+      rq = new ReadyQueue(key, source, dest.site, shapedDomain);
       this.readyQueues.set(key, rq);
     }
     rq.push(job);
     this.pump(rq);
+  }
+
+  /** New shaping rules: ready queues take them up at their next connection or transaction. */
+  setShaping(shaping: Shaping): void {
+    this.shaping = shaping;
+    this.shapingVersion++;
+    for (const rq of this.readyQueues.values()) this.pump(rq);
+  }
+
+  private settingsOf(rq: ReadyQueue): ShapingSettings {
+    if (rq.settingsVersion !== this.shapingVersion) {
+      rq.settings = this.shaping.explain({ domain: rq.shapedDomain ?? '', mxHosts: rq.site.hosts.map((h) => h.name), source: rq.source.name }).settings;
+      rq.settingsVersion = this.shapingVersion;
+    }
+    return rq.settings;
   }
 
   private pickSource(tenant: string): EgressSource {
@@ -277,7 +288,8 @@ export class Scheduler {
 
   /** Opens connections while the backlog exceeds the idle ones, up to the limit. */
   private pump(rq: ReadyQueue): void {
-    while (!this.stopping && rq.length > rq.idle + rq.connecting && rq.connections < this.limits.connections) {
+    const limit = this.settingsOf(rq).connections;
+    while (!this.stopping && rq.length > rq.idle + rq.connecting && rq.connections < limit) {
       rq.connections++;
       this.track(this.runConnection(rq).finally(() => rq.connections--));
     }
@@ -290,8 +302,15 @@ export class Scheduler {
   }
 
   private async connect(rq: ReadyQueue): Promise<{ conn: OutboundConnection; mx: string } | { error: DeliveryError }> {
-    const { resolver } = this.deps;
+    const { resolver, config } = this.deps;
     const route = rq.site.route;
+    const settings = this.settingsOf(rq);
+    if (settings.connection_rate) {
+      const wait = this.connectionRate.reserve(rq.key, settings.connection_rate);
+      if (wait > 0) await sleep(wait);
+    }
+    // a route's own tls wins (an upstream provider's requirement); otherwise the shaping policy
+    const tls: TlsPolicy = (route?.tls as TlsPolicy | undefined) ?? settings.tls;
     let lastError = new DeliveryError('no MX host could be reached', '451 4.4.1 No MX host could be reached', null, true);
     let tried = 0;
     for (const host of rq.site.hosts) {
@@ -312,11 +331,11 @@ export class Scheduler {
             servername: host.name,
             localAddress: rq.source.address,
             ehlo: rq.source.ehlo,
-            tls: (route?.tls as TlsPolicy | undefined) ?? 'opportunistic',
+            tls,
             auth: route?.auth,
-            connectTimeoutMs: this.limits.connectTimeoutMs,
-            commandTimeoutMs: this.limits.commandTimeoutMs,
-            dataTimeoutMs: this.limits.dataTimeoutMs,
+            connectTimeoutMs: settings.connect_timeout,
+            commandTimeoutMs: config.delivery.commandTimeoutMs,
+            dataTimeoutMs: config.delivery.dataTimeoutMs,
           });
           return { conn, mx: `${host.name}[${address}]:${host.port}` };
         } catch (err) {
@@ -351,15 +370,21 @@ export class Scheduler {
     // further: a crash repeats at most two transactions per connection
     let recording: Promise<unknown> = Promise.resolve();
     try {
-      while (conn.usable && !this.stopping && sent < this.limits.messagesPerConnection) {
-        let batch = rq.take(this.limits.recipientsPerTransaction);
+      while (conn.usable && !this.stopping && sent < this.settingsOf(rq).messages_per_connection) {
+        const settings = this.settingsOf(rq);
+        let batch = rq.take(settings.recipients_per_transaction);
         if (!batch) {
           rq.idle++;
-          const arrived = await rq.waitForJob(this.limits.idleTimeoutMs);
+          const arrived = await rq.waitForJob(settings.idle_timeout);
           rq.idle--;
           if (!arrived || !conn.usable) break;
-          batch = rq.take(this.limits.recipientsPerTransaction);
+          batch = rq.take(settings.recipients_per_transaction);
           if (!batch) continue;
+        }
+        if (settings.rate) {
+          // evenly spaced sends for this source → site, whichever connection sends them
+          const wait = this.messageRate.reserve(rq.key, settings.rate);
+          if (wait > 0) await sleep(wait);
         }
         sent++;
         const { keepGoing, recorded } = await this.transaction(conn, rq, batch, mx);

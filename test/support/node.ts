@@ -85,6 +85,15 @@ export async function spawnNode(configFile: string, ports: { submission: number;
   return { proc, submissionPort: ports.submission, controlPort: ports.control, output: () => out, exited };
 }
 
+/** Writes a shaping file (the shipped providers, with `doc`'s blocks on top) and returns its path. */
+export function shapingFile(doc: { default?: object; providers?: object[]; domains?: Record<string, object> }): string {
+  const shipped = YAML.parse(fs.readFileSync(path.join(ROOT, 'config/shaping.yaml'), 'utf8'));
+  const file = path.join(tempDir('tern-shaping-'), 'shaping.yaml');
+  const merged = { default: { ...shipped.default, ...doc.default }, providers: [...(doc.providers ?? []), ...shipped.providers], domains: doc.domains ?? {} };
+  fs.writeFileSync(file, YAML.stringify(merged));
+  return file;
+}
+
 export function writeYaml(file: string, doc: unknown): string {
   fs.writeFileSync(file, YAML.stringify(doc));
   return file;
