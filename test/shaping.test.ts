@@ -138,6 +138,6 @@ describe('explain and reload over HTTP', () => {
     const bad = await fetch(`http://127.0.0.1:${node.ports.control}/api/v1/reload`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
     expect(bad.status).toBe(422);
     expect(JSON.stringify(await bad.json())).toMatch(/domains\.limited\.tern\.test\.rate: \\"5\/fortnight\\" is not a rate/);
-    expect((await explain('limited.tern.test')).body.settings.connections.value).toBe(1);
+    expect((await explain('limited.tern.test')).body.settings.connections!.value).toBe(1);
   });
 });
