@@ -119,6 +119,7 @@ export class TernNode {
     }
     node.cronTasks.push(
       cron.schedule('*/10 * * * *', async () => {
+        scheduler.maintain();
         const before = Date.now() - config.events.retentionMs;
         const events = await store.pruneEvents(before);
         const messages = await spool.pruneFinished(before);

@@ -175,7 +175,7 @@ export class Scheduler {
   /** Makes the scanner look at `key` again (it was written behind the cursor). */
   private rewind(key: ScheduleKey): void {
     this.backlog = true;
-    if (this.cursor && (this.cursor[0] > key[0] - 1 || this.cursor.length === 1)) this.cursor = [Math.min(this.cursor[0], key[0] - 1)];
+    if (this.cursor && this.cursor[0] > key[0] - 1) this.cursor = [key[0] - 1];
     this.requestScan();
   }
 
@@ -261,6 +261,13 @@ export class Scheduler {
     }
     rq.push(job);
     this.pump(rq);
+  }
+
+  /** Periodic housekeeping: forgets ready queues with nothing queued or open, and idle rate state. */
+  maintain(): void {
+    for (const [key, rq] of this.readyQueues) if (rq.length === 0 && rq.connections === 0) this.readyQueues.delete(key);
+    this.messageRate.sweep();
+    this.connectionRate.sweep();
   }
 
   /** New shaping rules: ready queues take them up at their next connection or transaction. */

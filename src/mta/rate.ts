@@ -40,7 +40,7 @@ export class Gcra {
     return at - now;
   }
 
-  /** Forgets keys idle for longer than `idleMs` (their next request is due at once anyway). */
+  /** Forgets keys whose next slot has passed (their next request is due at once anyway). */
   sweep(now = Date.now()): void {
     for (const [k, t] of this.tat) if (t < now) this.tat.delete(k);
   }
