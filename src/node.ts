@@ -83,6 +83,7 @@ export class TernNode {
       adminToken: config.adminToken,
       explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source),
       reload: () => nodeRef!.reloadShaping(),
+      backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();

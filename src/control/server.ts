@@ -10,6 +10,7 @@ export interface ControlDeps {
   adminToken: string | null;
   explainShaping: (domain: string, source?: string) => Promise<unknown>;
   reload: () => { ok: boolean; [k: string]: unknown };
+  backoff: { list: () => unknown[]; clear: (id: string) => boolean };
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
@@ -42,6 +43,11 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
     } catch (err) {
       return fail(reply, 404, 'not_found', (err as Error).message);
     }
+  });
+  app.get('/api/v1/backoff', { preHandler: operator }, async () => ({ actions: deps.backoff.list() }));
+  app.delete<{ Params: { id: string } }>('/api/v1/backoff/:id', { preHandler: operator }, async (req, reply) => {
+    if (!deps.backoff.clear(req.params.id)) return fail(reply, 404, 'not_found', `No running backoff action has id ${req.params.id}`);
+    return reply.code(204).send();
   });
   app.post('/api/v1/reload', { preHandler: operator }, async (_req, reply) => {
     const r = deps.reload();

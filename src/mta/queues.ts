@@ -13,6 +13,7 @@ import { DestinationResolver, type Site } from './destination.js';
 import { OutboundConnection, DeliveryError, type TlsPolicy } from './smtp-client.js';
 import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type Spool } from './spool.js';
 import { Gcra } from './rate.js';
+import { Backoff, type BackoffAction } from './backoff.js';
 import type { Shaping, ShapingSettings } from './shaping.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -152,9 +153,12 @@ export class Scheduler {
   private shapingVersion = 0;
   private readonly messageRate = new Gcra();
   private readonly connectionRate = new Gcra();
+  readonly backoff: Backoff;
+  private readonly wakeups = new Set<NodeJS.Timeout>();
 
   constructor(private readonly deps: SchedulerDeps) {
     this.shaping = deps.shaping;
+    this.backoff = new Backoff(deps.shaping.rules);
     for (const [pool, p] of Object.entries(deps.config.pools)) this.sourcesByPool.set(pool, p.sources.map((s) => ({ ...s, pool })));
   }
 
@@ -226,9 +230,9 @@ export class Scheduler {
     const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
     if (!jobs.length) return;
     for (const job of jobs) this.hold(job);
-    const source = this.pickSource(jobs[0]!.tenant);
     const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
     if (cached.every((d) => d)) {
+      const source = this.pickSource(jobs[0]!.tenant, cached as Array<{ ok: boolean; site?: Site }>);
       jobs.forEach((job, i) => this.route(job, cached[i]!, source));
       return;
     }
@@ -241,6 +245,7 @@ export class Scheduler {
           if (left) this.scheduled.set(q, left);
           else this.scheduled.delete(q);
         }
+        const source = this.pickSource(jobs[0]!.tenant, dests);
         jobs.forEach((job, i) => this.route(job, dests[i]!, source));
       }),
     );
@@ -273,6 +278,7 @@ export class Scheduler {
   /** New shaping rules: ready queues take them up at their next connection or transaction. */
   setShaping(shaping: Shaping): void {
     this.shaping = shaping;
+    this.backoff.setRules(shaping.rules);
     this.shapingVersion++;
     for (const rq of this.readyQueues.values()) this.pump(rq);
   }
@@ -285,16 +291,65 @@ export class Scheduler {
     return rq.settings;
   }
 
-  private pickSource(tenant: string): EgressSource {
+  /** The next source of the tenant's pool, passing over sources suspended towards the message's site. */
+  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string): EgressSource {
     const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
     const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
+    const site = dests.find((d) => d.ok)?.site?.key;
     const n = this.rotation.get(pool) ?? 0;
     this.rotation.set(pool, n + 1);
-    return sources[n % sources.length]!;
+    for (let i = 0; i < sources.length; i++) {
+      const s = sources[(n + i) % sources.length]!;
+      if (s.name === skip) continue;
+      if (!site || this.backoff.suspendedUntil(s.name, site) === null) return s;
+    }
+    return sources[n % sources.length]!; // every source is held back: wait on one of them
+  }
+
+  /**
+   * Feeds a non-success reply to the backoff rules. A suspension moves the ready queue's waiting mail to
+   * another source of its pool when there is one, and wakes the queue when it ends.
+   */
+  private observeReply(rq: ReadyQueue, reply: string): void {
+    const action = this.backoff.observe(reply, rq.source.name, rq.site.key);
+    if (!action) return;
+    this.deps.log.warn({ event: 'backoff', ...action }, `backoff: ${action.action} ${action.source ?? 'every source'} -> ${action.site} until ${new Date(action.until).toISOString()}`);
+    if (action.action !== 'suspend') return;
+    for (const q of this.readyQueues.values()) {
+      if (q.site.key !== action.site || (action.source && q.source.name !== action.source)) continue;
+      for (const job of q.drain()) {
+        const other = this.pickSource(job.tenant, [{ ok: true, site: q.site }], q.source.name);
+        if (this.backoff.suspendedUntil(other.name, q.site.key) === null) this.route(job, { ok: true, site: q.site }, other);
+        else q.push(job); // nowhere else to go: it waits here
+      }
+    }
+    this.wakeAt(action.until);
+  }
+
+  /** Pumps every ready queue once `at` has passed (a suspension ended). */
+  private wakeAt(at: number): void {
+    const t = setTimeout(() => {
+      this.wakeups.delete(t);
+      for (const q of this.readyQueues.values()) this.pump(q);
+    }, Math.max(0, at - Date.now()) + 5);
+    t.unref();
+    this.wakeups.add(t);
+  }
+
+  /** Ends a backoff action before its time (operator's decision). */
+  clearBackoff(id: string): boolean {
+    const cleared = this.backoff.clear(id);
+    if (cleared) for (const q of this.readyQueues.values()) this.pump(q);
+    return cleared;
+  }
+
+  backoffActions(): BackoffAction[] {
+    return this.backoff.active();
   }
 
   /** Opens connections while the backlog exceeds the idle ones, up to the limit. */
   private pump(rq: ReadyQueue): void {
+    if (this.backoff.suspendedUntil(rq.source.name, rq.site.key) !== null) return; // wakeAt() pumps it later
     const limit = this.settingsOf(rq).connections;
     while (!this.stopping && rq.length > rq.idle + rq.connecting && rq.connections < limit) {
       rq.connections++;
@@ -365,6 +420,7 @@ export class Scheduler {
       // the connection (5xx greeting, STARTTLS or AUTH refused) is about the path, not the recipients, so
       // it defers too, as Postfix does; max_age ends it if it never clears
       const err = connected.error;
+      if (err.code !== null) this.observeReply(rq, err.response);
       for (const job of rq.drain()) this.finish(job, job.rcpts.map((r) => ({ i: r.i, result: 'deferred', response: err.response, source: rq.source.name })), 'connect');
       return;
     }
@@ -378,6 +434,7 @@ export class Scheduler {
     let recording: Promise<unknown> = Promise.resolve();
     try {
       while (conn.usable && !this.stopping && sent < this.settingsOf(rq).messages_per_connection) {
+        if (this.backoff.suspendedUntil(rq.source.name, rq.site.key) !== null) break;
         const settings = this.settingsOf(rq);
         let batch = rq.take(settings.recipients_per_transaction);
         if (!batch) {
@@ -388,9 +445,11 @@ export class Scheduler {
           batch = rq.take(settings.recipients_per_transaction);
           if (!batch) continue;
         }
-        if (settings.rate) {
+        // a backoff throttle replaces the configured rate while it runs
+        const rate = this.backoff.throttle(rq.source.name, rq.site.key) ?? settings.rate;
+        if (rate) {
           // evenly spaced sends for this source → site, whichever connection sends them
-          const wait = this.messageRate.reserve(rq.key, settings.rate);
+          const wait = this.messageRate.reserve(rq.key, rate);
           if (wait > 0) await sleep(wait);
         }
         sent++;
@@ -434,7 +493,7 @@ export class Scheduler {
       for (const job of batch) {
         const outcomes: Outcome[] = job.rcpts.map((r) => {
           const refusal = result.rejected.get(r.to);
-          if (refusal) return { i: r.i, result: resultFor(refusal.code), response: refusal.response, mx, source };
+          if (refusal) return { i: r.i, result: this.judge(rq, refusal.code, refusal.response), response: refusal.response, mx, source };
           if (accepted.has(r.to.toLowerCase())) return { i: r.i, result: 'delivered', response: result.response, mx, source };
           return { i: r.i, result: 'deferred', response: '451 4.4.0 No reply for this recipient', mx, source };
         });
@@ -444,12 +503,20 @@ export class Scheduler {
       return { keepGoing: true, recorded: Promise.all(recorded) };
     } catch (err) {
       const e = err as DeliveryError;
-      const result = e.network ? 'deferred' : resultFor(e.code);
+      const result = e.network ? 'deferred' : this.judge(rq, e.code, e.response);
       for (const job of batch) recorded.push(this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key));
       if (e.network || e.code === 421) return { keepGoing: false, recorded: Promise.all(recorded) };
       await conn.reset().catch(() => conn.destroy());
       return { keepGoing: conn.usable, recorded: Promise.all(recorded) };
     }
+  }
+
+  /** The result of a remote refusal, after the backoff rules have seen it. */
+  private judge(rq: ReadyQueue, code: number | null, reply: string): Outcome['result'] {
+    const result = resultFor(code);
+    if (result === 'delivered') return result;
+    this.observeReply(rq, reply);
+    return result === 'deferred' && this.backoff.failRule(reply) ? 'failed' : result;
   }
 
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
@@ -492,6 +559,7 @@ export class Scheduler {
   async stop(graceMs = 10_000): Promise<void> {
     this.stopping = true;
     if (this.timer) clearTimeout(this.timer);
+    for (const t of this.wakeups) clearTimeout(t);
     const deadline = new Promise((r) => setTimeout(r, graceMs).unref());
     for (const rq of this.readyQueues.values()) rq.wakeAll(); // idle connections see `stopping` and quit
     await Promise.race([Promise.allSettled([...this.inflight]), deadline]);

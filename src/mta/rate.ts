@@ -14,15 +14,16 @@ const PERIODS: Record<string, number> = {
   d: 86_400_000, day: 86_400_000,
 };
 
-export const RATE_PATTERN = '^\\s*\\d+\\s*/\\s*(s|sec|second|m|min|minute|h|hr|hour|d|day)\\s*$';
+export const RATE_PATTERN = '^\\s*\\d+\\s*/\\s*\\d*\\s*(s|sec|second|m|min|minute|h|hr|hour|d|day)\\s*$';
 
-/** Parses "100/min", "20000/day", "5/s". */
+/** Parses "100/min", "20000/day", "5/s", and "3/10min" (three per ten minutes). */
 export function parseRate(text: string): Rate {
-  const m = /^\s*(\d+)\s*\/\s*([a-z]+)\s*$/.exec(text);
-  const period = m ? PERIODS[m[2]!] : undefined;
-  if (!m || period === undefined || Number(m[1]) <= 0)
-    throw new Error(`"${text}" is not a rate; write it like "100/min", "20000/day" or "5/s"`);
-  return { count: Number(m[1]), periodMs: period, text: text.trim() };
+  const m = /^\s*(\d+)\s*\/\s*(\d*)\s*([a-z]+)\s*$/.exec(text);
+  const unit = m ? PERIODS[m[3]!] : undefined;
+  const multiple = m && m[2] ? Number(m[2]) : 1;
+  if (!m || unit === undefined || Number(m[1]) <= 0 || multiple <= 0)
+    throw new Error(`"${text}" is not a rate; write it like "100/min", "20000/day" or "3/10min"`);
+  return { count: Number(m[1]), periodMs: unit * multiple, text: text.trim() };
 }
 
 /**

@@ -12,6 +12,7 @@ import YAML from 'yaml';
 import { ConfigError, schemaProblems } from '../core/config.js';
 import { DURATION_PATTERN, parseDuration } from '../core/units.js';
 import { parseRate, RATE_PATTERN, type Rate } from './rate.js';
+import type { BackoffRule } from './backoff.js';
 
 export interface ShapingSettings {
   connections: number;
@@ -42,8 +43,18 @@ const settingProps = {
 const strict = <T extends Record<string, TSchema>>(p: T) => Type.Object(p, { additionalProperties: false });
 const Block = strict({ ...settingProps, sources: Type.Optional(Type.Record(Type.String(), strict(settingProps))) });
 const Provider = strict({ name: Type.String({ minLength: 1 }), match: Type.Array(Type.String({ minLength: 2 }), { minItems: 1 }), ...Block.properties });
+const Rule = strict({
+  name: Type.String({ minLength: 1 }),
+  reply: Type.String({ minLength: 1, description: 'regular expression on the whole reply line' }),
+  threshold: Type.Optional(Type.Union([Type.Literal('immediate'), Type.String({ pattern: RATE_PATTERN })])),
+  action: Type.Union([Type.Literal('suspend'), Type.Literal('throttle'), Type.Literal('fail')]),
+  duration: Type.Optional(Type.String({ pattern: DURATION_PATTERN })),
+  rate: Type.Optional(Type.String({ pattern: RATE_PATTERN })),
+  scope: Type.Optional(Type.Union([Type.Literal('source'), Type.Literal('site')])),
+});
 const ShapingFile = strict({
   default: Type.Optional(Block),
+  rules: Type.Optional(Type.Array(Rule)),
   providers: Type.Optional(Type.Array(Provider)),
   domains: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Block)),
 });
@@ -79,6 +90,8 @@ export class Shaping {
   private constructor(
     readonly file: string | null,
     private readonly doc: Static<typeof ShapingFile>,
+    /** adaptive backoff rules, in file order */
+    readonly rules: BackoffRule[] = [],
   ) {}
 
   /** Reads and validates the shaping file; problems are named by key path, all at once. */
@@ -97,9 +110,33 @@ export class Shaping {
     const problems = schemaProblems(ShapingFile, doc, { [RATE_PATTERN]: 'a rate; write it like "100/min", "20000/day" or "5/s"' }).map((p) => `shaping: ${p}`);
     if (problems.length) throw new ConfigError(problems);
     const typed = doc as Static<typeof ShapingFile>;
+    const rules: BackoffRule[] = [];
+    (typed.rules ?? []).forEach((r, i) => {
+      const at = `shaping: rules[${i}]`;
+      let reply: RegExp | null = null;
+      try {
+        reply = new RegExp(r.reply, 'i');
+      } catch (err) {
+        problems.push(`${at}.reply: ${(err as Error).message}`);
+      }
+      if (r.action !== 'fail' && !r.duration) problems.push(`${at}.duration: a ${r.action} rule needs a duration, like "10m"`);
+      if (r.action === 'throttle' && !r.rate) problems.push(`${at}.rate: a throttle rule needs a rate, like "10/min"`);
+      if (r.action === 'fail' && r.threshold && r.threshold !== 'immediate') problems.push(`${at}.threshold: a fail rule acts on each matching reply; leave threshold out`);
+      if (reply)
+        rules.push({
+          name: r.name,
+          reply,
+          threshold: r.threshold && r.threshold !== 'immediate' ? parseRate(r.threshold) : null,
+          action: r.action,
+          durationMs: r.duration ? parseDuration(r.duration) : 0,
+          rate: r.rate ? parseRate(r.rate) : null,
+          scope: r.scope ?? 'source',
+        });
+    });
+    if (problems.length) throw new ConfigError(problems);
     const domains: Record<string, BlockDoc> = {};
     for (const [d, block] of Object.entries(typed.domains ?? {})) domains[d.toLowerCase()] = block;
-    return new Shaping(file, { ...typed, domains });
+    return new Shaping(file, { ...typed, domains }, rules);
   }
 
   /** A domain with its own block gets its own ready queues, so that its limits are its own. */

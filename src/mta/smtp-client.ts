@@ -68,10 +68,16 @@ export class OutboundConnection {
   private constructor(private readonly conn: SMTPConnection) {
     const gone = (err?: NodemailerError) => {
       this.closed = true;
-      const fail = this.pending;
-      this.pending = null;
-      // nodemailer does not always call back an operation when the socket dies under it
-      fail?.(err ? toDeliveryError(err) : new DeliveryError('connection closed', '421 4.4.2 Connection closed unexpectedly', null, true));
+      // nodemailer does not always call back an operation when the socket dies under it. Give its own
+      // callback (which carries the server's last reply, e.g. a 421 sent just before closing) a turn first.
+      setImmediate(() => {
+        const fail = this.pending;
+        this.pending = null;
+        const lastReply = (this.conn as unknown as { lastServerResponse?: string | false }).lastServerResponse;
+        if (err) fail?.(toDeliveryError(err));
+        else if (lastReply && /^[45]\d\d[ -]/.test(lastReply)) fail?.(new DeliveryError('connection closed', lastReply, Number(lastReply.slice(0, 3)), false));
+        else fail?.(new DeliveryError('connection closed', '421 4.4.2 Connection closed unexpectedly', null, true));
+      });
     };
     conn.on('error', (err: NodemailerError) => gone(err));
     conn.on('end', () => gone());
