@@ -8,6 +8,9 @@
  * --connections is the generator's concurrency; --site-connections the relay's outbound concurrency to the
  * sink (Tern's shaping `connections` and Postfix's destination concurrency limit alike).
  *
+ * For investigations: TERN_NODE_ARGS passes flags to the node process ("--cpu-prof"), TERN_DKIM_WORKERS sets
+ * its signing threads, TERN_SHOW_METRICS=1 prints its spool commit latency histograms to stderr.
+ *
  * Tern runs as its own process (`tern start`, as an operator runs it), with an RSA-2048 DKIM key for the
  * sender domain and the spool fsynced before every 250. The generator and the sink share this process.
  */
