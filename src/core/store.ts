@@ -32,8 +32,13 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
     fs.mkdirSync(dataDir, { recursive: true });
     this.root = open({ path: path.join(dataDir, 'tern.lmdb'), maxDbs: 32, mapSize: 64 * 1024 ** 3 });
     this.outbox = this.root.openDB({ name: 'events', sharedStructuresKey: STRUCTURES });
+    // the last event's number (the shared-structures entry, a Symbol key, is not one)
     this.seq = 0;
-    for (const last of this.outbox.getKeys({ reverse: true, limit: 2 })) if (typeof last === 'number' && !this.seq) this.seq = last;
+    for (const last of this.outbox.getKeys({ reverse: true, limit: 2 })) {
+      if (typeof last !== 'number') continue;
+      this.seq = last;
+      break;
+    }
   }
 
   /** Opens a sub-database; records of one shape share their field names instead of storing them each time. */
@@ -49,7 +54,6 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   async transact<T>(change: (tx: Tx) => T): Promise<T> {
     const events: TernEvent[] = [];
     const result = await this.root.transaction(() => {
-      events.length = 0; // a retried callback must not publish twice
       const tx: Tx = {
         event: (type, fields) => {
           const e: TernEvent = { seq: ++this.seq, at: Date.now(), type, ...fields };

@@ -25,6 +25,8 @@ export function readKeyMaterial(keys: Array<{ domain: string; selector: string; 
 export interface Preparer {
   prepare(input: PrepareInput): Promise<Prepared | Refusal>;
   close(): Promise<void>;
+  /** the worker threads (none when preparing inline) */
+  threads(): Worker[];
 }
 
 interface Pending {
@@ -33,25 +35,43 @@ interface Pending {
 }
 
 class PreparerThread {
-  readonly worker: Worker;
+  worker!: Worker;
   readonly pending = new Map<number, Pending>();
+  private closing = false;
 
-  constructor(url: URL, keys: KeyMaterial[]) {
-    this.worker = new Worker(url, { workerData: { keys } });
-    this.worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
+  constructor(
+    private readonly url: URL,
+    private readonly keys: KeyMaterial[],
+  ) {
+    this.spawn();
+  }
+
+  /** Starts the thread; one that dies unexpectedly fails its pending messages (the clients get a 451) and is replaced. */
+  private spawn(): void {
+    const worker = new Worker(this.url, { workerData: { keys: this.keys } });
+    worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
       const p = this.pending.get(id);
       if (!p) return;
       this.pending.delete(id);
       if (error !== undefined) p.reject(new Error(`message preparation failed: ${error}`));
       else p.resolve(result!);
     });
-    this.worker.on('error', (err) => this.failAll(err));
-    this.worker.on('exit', (code) => this.failAll(new Error(`preparation thread exited with code ${code}`)));
+    worker.on('error', (err) => this.failAll(err));
+    worker.on('exit', (code) => {
+      this.failAll(new Error(`preparation thread exited with code ${code}`));
+      if (!this.closing) this.spawn();
+    });
+    this.worker = worker;
   }
 
   failAll(err: Error): void {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+  }
+
+  close(): Promise<number> {
+    this.closing = true;
+    return this.worker.terminate();
   }
 }
 
@@ -59,7 +79,7 @@ class PreparerThread {
 export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
   if (threads < 0) {
     const lookup = keyLookup(keys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
-    return { prepare: async (input) => prepareMessage(input, lookup), close: async () => {} };
+    return { prepare: async (input) => prepareMessage(input, lookup), close: async () => {}, threads: () => [] };
   }
   const count = threads || os.availableParallelism();
   const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
@@ -79,7 +99,8 @@ export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
       });
     },
     async close() {
-      await Promise.all(pool.map((t) => t.worker.terminate()));
+      await Promise.all(pool.map((t) => t.close()));
     },
+    threads: () => pool.map((t) => t.worker),
   };
 }
