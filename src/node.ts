@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import cron from 'node-cron';
 import type { FastifyInstance } from 'fastify';
-import type { Config } from './core/config.js';
+import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/log.js';
 import { Metrics } from './core/metrics.js';
 import { Store } from './core/store.js';
@@ -18,12 +18,15 @@ import { Scheduler } from './mta/queues.js';
 import { Spool } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
+import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { buildControlServer } from './control/server.js';
 
 export interface NodeOptions {
   logger?: Logger;
   /** prepare messages on the calling thread instead of worker threads */
   inlinePrepare?: boolean;
+  /** the warmup calendar's clock (tests move it to simulate days) */
+  clock?: () => number;
 }
 
 export class TernNode {
@@ -37,6 +40,7 @@ export class TernNode {
     readonly store: Store,
     readonly spool: Spool,
     readonly scheduler: Scheduler,
+    readonly warmup: Warmup,
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
@@ -72,7 +76,10 @@ export class TernNode {
     const spool = new Spool(store, config.retry);
     const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
     const shaping = Shaping.load(config.shapingFile);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping });
+    const warmup = startWarmup(config, store, opts.clock);
+    warmup.registerMetrics(metrics.registry);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup });
+    warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
@@ -84,6 +91,7 @@ export class TernNode {
       explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source),
       reload: () => nodeRef!.reloadShaping(),
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
+      warmup: (source) => warmup.status(source),
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -106,7 +114,7 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control, resolver);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver);
     node.shaping = shaping;
     nodeRef = node;
     try {
@@ -126,6 +134,8 @@ export class TernNode {
         const messages = await spool.pruneFinished(before);
         if (events || messages) log.info({ events, messages }, 'retention: pruned old records');
       }),
+      // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
+      cron.schedule('* * * * *', () => void warmup.roll()),
     );
     log.info({ submission: `${config.submission.host}:${node.ports.submission}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
     return node;
@@ -141,6 +151,21 @@ export class TernNode {
     this.log.info('tern node stopped');
     this.log.flush?.();
   }
+}
+
+/** Reads the warmup plans and the sources that follow one; a plan that does not exist is named by key path. */
+function startWarmup(config: Config, store: Store, clock?: () => number): Warmup {
+  const plans = loadWarmupPlans(config.warmup.file, config.warmup.plans);
+  const sources: WarmupSource[] = [];
+  const problems: string[] = [];
+  for (const [pool, p] of Object.entries(config.pools))
+    p.sources.forEach((s, i) => {
+      if (!s.warmup) return;
+      if (!plans.has(s.warmup.plan)) problems.push(`pools.${pool}.sources[${i}].warmup.plan: no plan is named "${s.warmup.plan}"; the plans are ${[...plans.keys()].join(', ')} (from ${config.warmup.file} and warmup.plans)`);
+      else sources.push({ name: s.name, pool, plan: s.warmup.plan, start: s.warmup.start });
+    });
+  if (problems.length) throw new ConfigError(problems);
+  return new Warmup(store, plans, sources, config.warmup.idleResetDays, clock);
 }
 
 /**

@@ -11,6 +11,8 @@ export interface ControlDeps {
   explainShaping: (domain: string, source?: string) => Promise<unknown>;
   reload: () => { ok: boolean; [k: string]: unknown };
   backoff: { list: () => unknown[]; clear: (id: string) => boolean };
+  /** warmup state of every source on a plan, or of one */
+  warmup: (source?: string) => unknown[];
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
@@ -48,6 +50,11 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
   app.delete<{ Params: { id: string } }>('/api/v1/backoff/:id', { preHandler: operator }, async (req, reply) => {
     if (!deps.backoff.clear(req.params.id)) return fail(reply, 404, 'not_found', `No running backoff action has id ${req.params.id}`);
     return reply.code(204).send();
+  });
+  app.get('/api/v1/warmup', { preHandler: operator }, async () => ({ sources: deps.warmup() }));
+  app.get<{ Params: { source: string } }>('/api/v1/warmup/:source', { preHandler: operator }, async (req, reply) => {
+    const [found] = deps.warmup(req.params.source);
+    return found ?? fail(reply, 404, 'not_found', `Source ${req.params.source} is not on a warmup plan (or does not exist)`);
   });
   app.post('/api/v1/reload', { preHandler: operator }, async (_req, reply) => {
     const r = deps.reload();

@@ -58,8 +58,23 @@ const Route = Type.Object(
   { additionalProperties: false },
 );
 
+const DATE_PATTERN = '^\\d{4}-\\d{2}-\\d{2}$';
+
+const SourceWarmup = Type.Object(
+  {
+    plan: Type.String({ minLength: 1, description: 'a plan of the warmup file or warmup.plans' }),
+    start: Type.String({ pattern: DATE_PATTERN, description: 'YYYY-MM-DD (UTC): the first day the source takes mail' }),
+  },
+  { additionalProperties: false },
+);
+
 const Source = Type.Object(
-  { name: Type.String({ minLength: 1 }), address: Type.String({ minLength: 1 }), ehlo: Type.String({ minLength: 1 }) },
+  {
+    name: Type.String({ minLength: 1 }),
+    address: Type.String({ minLength: 1 }),
+    ehlo: Type.String({ minLength: 1 }),
+    warmup: Type.Optional(SourceWarmup),
+  },
   { additionalProperties: false },
 );
 
@@ -109,10 +124,17 @@ export const ConfigSchema = Strict({
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
   control: Strict({ admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })) }),
   shaping: Strict({ file: Type.Optional(Type.String({ minLength: 1, description: 'shaping rules; default: the shipped config/shaping.yaml' })) }),
+  warmup: Strict({
+    file: Type.Optional(Type.String({ minLength: 1, description: 'warmup plans; default: the shipped config/warmup.yaml' })),
+    plans: Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { default: {}, description: 'more plans (same shape as in the file; these win)' }),
+    idle_reset: Duration('30d', 'a source that sent nothing for this long starts its plan again'),
+  }),
 });
 
 /** config/shaping.yaml of this installation, used when the config names no shaping file. */
 export const SHIPPED_SHAPING_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'shaping.yaml');
+/** config/warmup.yaml of this installation, used when the config names no warmup file. */
+export const SHIPPED_WARMUP_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'warmup.yaml');
 
 export type RawConfig = Static<typeof ConfigSchema>;
 
@@ -142,6 +164,7 @@ export interface Config {
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
   shapingFile: string;
+  warmup: { file: string; plans: Record<string, unknown>; idleResetDays: number };
   /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
   adminToken: string | null;
 }
@@ -170,7 +193,7 @@ export function buildConfig(doc: unknown, file: string | null = null): Config {
   if (doc === null || doc === undefined) doc = {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(['the file must hold a mapping of keys']);
   const withDefaults = Value.Default(ConfigSchema, structuredClone(doc)) as RawConfig;
-  const problems = schemaProblems(ConfigSchema, withDefaults);
+  const problems = schemaProblems(ConfigSchema, withDefaults, { [DATE_PATTERN]: 'a date; write it like "2026-12-01"' });
   if (problems.length) throw new ConfigError(problems);
   return resolve(withDefaults, file, problems);
 }
@@ -255,6 +278,12 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
   }
   const shapingFile = raw.shaping.file ? fromConfig(raw.shaping.file) : SHIPPED_SHAPING_FILE;
   if (!fs.existsSync(shapingFile)) problems.push(`shaping.file: ${shapingFile} does not exist`);
+  const warmupFile = raw.warmup.file ? fromConfig(raw.warmup.file) : SHIPPED_WARMUP_FILE;
+  if (!fs.existsSync(warmupFile)) problems.push(`warmup.file: ${warmupFile} does not exist`);
+  for (const [pool, p] of Object.entries(raw.pools))
+    p.sources.forEach((s, i) => {
+      if (s.warmup && Number.isNaN(Date.parse(s.warmup.start))) problems.push(`pools.${pool}.sources[${i}].warmup.start: "${s.warmup.start}" is not a date; write it like "2026-12-01"`);
+    });
   let maxMessageSize = 0;
   try {
     maxMessageSize = parseSize(sub.max_message_size);
@@ -294,6 +323,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },
     shapingFile,
+    warmup: { file: warmupFile, plans: raw.warmup.plans, idleResetDays: Math.max(1, Math.round(parseDuration(raw.warmup.idle_reset) / 86_400_000)) },
     adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
   };
 }

@@ -22,6 +22,7 @@ export class Metrics {
     registers: [this.registry],
   });
   readonly queueDepth = new Gauge({ name: 'tern_queue_recipients', help: 'recipients waiting, by tier', labelNames: ['tier'], registers: [this.registry] });
+  readonly warmupPostponed = new Counter({ name: 'tern_warmup_postponed_recipients_total', help: 'recipients held for the next day because no source of their pool had warmup room', registers: [this.registry] });
   readonly readyQueueDepth = new Gauge({ name: 'tern_ready_queue_recipients', help: 'recipients in ready queues by site', labelNames: ['site'], registers: [this.registry] });
 
   constructor() {

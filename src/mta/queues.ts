@@ -15,6 +15,7 @@ import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type
 import { Gcra } from './rate.js';
 import { Backoff, type BackoffAction } from './backoff.js';
 import type { Shaping, ShapingSettings } from './shaping.js';
+import type { Warmup } from './warmup.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -130,6 +131,14 @@ interface SchedulerDeps {
   resolver: DestinationResolver;
   log: Logger;
   metrics: Metrics;
+  /** daily caps of sources on a warmup plan */
+  warmup?: Warmup;
+}
+
+/** Recipients a message would hand to one provider (null: none of the shaping file's providers). */
+interface Need {
+  provider: string | null;
+  n: number;
 }
 
 export class Scheduler {
@@ -155,11 +164,17 @@ export class Scheduler {
   private readonly connectionRate = new Gcra();
   readonly backoff: Backoff;
   private readonly wakeups = new Set<NodeJS.Timeout>();
+  /** warmup room held by jobs bound to a capped source and not yet sent */
+  private readonly reservations = new Map<Job, { source: string; provider: string | null; n: number }>();
+  /** due times given to mail that waits for the next warmup day */
+  private readonly postponedTo = new Set<number>();
+  private readonly providers = new Map<string, string | null>();
 
   constructor(private readonly deps: SchedulerDeps) {
     this.shaping = deps.shaping;
     this.backoff = new Backoff(deps.shaping.rules);
-    for (const [pool, p] of Object.entries(deps.config.pools)) this.sourcesByPool.set(pool, p.sources.map((s) => ({ ...s, pool })));
+    for (const [pool, p] of Object.entries(deps.config.pools)) this.sourcesByPool.set(pool, p.sources.map((s) => ({ name: s.name, address: s.address, ehlo: s.ehlo, pool })));
+    deps.warmup?.onRoll(() => this.releasePostponed());
   }
 
   start(): void {
@@ -232,8 +247,7 @@ export class Scheduler {
     for (const job of jobs) this.hold(job);
     const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
     if (cached.every((d) => d)) {
-      const source = this.pickSource(jobs[0]!.tenant, cached as Array<{ ok: boolean; site?: Site }>);
-      jobs.forEach((job, i) => this.route(job, cached[i]!, source));
+      this.bind(jobs, cached as Array<Awaited<ReturnType<DestinationResolver['resolve']>>>);
       return;
     }
     const names = jobs.map((job) => queueName(job.tenant, job.campaign, job.domain));
@@ -245,10 +259,66 @@ export class Scheduler {
           if (left) this.scheduled.set(q, left);
           else this.scheduled.delete(q);
         }
-        const source = this.pickSource(jobs[0]!.tenant, dests);
-        jobs.forEach((job, i) => this.route(job, dests[i]!, source));
+        this.bind(jobs, dests);
       }),
     );
+  }
+
+  /**
+   * Binds a message's jobs to one source of the tenant's pool, so its recipients on one site share a
+   * transaction. When warmup caps leave no source able to take the whole message, each domain's job finds
+   * its own; a job no source can take today waits for the next warmup day.
+   */
+  private bind(jobs: Job[], dests: Array<Awaited<ReturnType<DestinationResolver['resolve']>>>): void {
+    const source = this.pickSource(jobs[0]!.tenant, dests, undefined, this.needsOf(jobs, dests));
+    if (source) {
+      jobs.forEach((job, i) => this.route(job, dests[i]!, source));
+      return;
+    }
+    jobs.forEach((job, i) => {
+      const own = this.pickSource(job.tenant, [dests[i]!], undefined, this.needsOf([job], [dests[i]!]));
+      if (own) this.route(job, dests[i]!, own);
+      else this.postpone(job);
+    });
+  }
+
+  /** What binding these jobs would take from a source's warmup room (nothing when no source warms up). */
+  private needsOf(jobs: Job[], dests: Array<{ ok: boolean; site?: Site }>): Need[] {
+    if (!this.deps.warmup) return [];
+    const needs: Need[] = [];
+    jobs.forEach((job, i) => {
+      const site = dests[i]?.ok ? dests[i]!.site : undefined;
+      if (site) needs.push({ provider: this.providerOf(site), n: job.rcpts.length });
+    });
+    return needs;
+  }
+
+  /** The shaping file's provider for a site (warmup plans may cap providers separately). */
+  private providerOf(site: Site): string | null {
+    let p = this.providers.get(site.key);
+    if (p === undefined) {
+      p = this.shaping.providerFor(site.hosts.map((h) => h.name))?.name ?? null;
+      this.providers.set(site.key, p);
+    }
+    return p;
+  }
+
+  /** Schedules a job for the start of the next warmup day, without counting an attempt. */
+  private postpone(job: Job): void {
+    const at = this.deps.warmup!.nextDayAt();
+    this.postponedTo.add(at);
+    this.deps.metrics.warmupPostponed.inc(job.rcpts.length);
+    this.track(this.deps.spool.postpone(job, at).then(() => this.release(job)));
+  }
+
+  /** A new warmup day: mail that waited for it is due now (it would be anyway, unless the calendar was moved). */
+  private releasePostponed(): void {
+    const now = Date.now();
+    for (const at of this.postponedTo) {
+      if (at <= now) continue;
+      for (const job of this.deps.spool.dueBetween(at, at)) this.track(this.deps.spool.postpone(job, now).then((next) => this.rewind(next)));
+    }
+    this.postponedTo.clear();
   }
 
   private route(job: Job, dest: Awaited<ReturnType<DestinationResolver['resolve']>>, source: EgressSource): void {
@@ -264,8 +334,30 @@ export class Scheduler {
       rq = new ReadyQueue(key, source, dest.site, shapedDomain);
       this.readyQueues.set(key, rq);
     }
+    const warmup = this.deps.warmup;
+    if (warmup?.has(source.name)) {
+      const reservation = { source: source.name, provider: this.providerOf(dest.site), n: job.rcpts.length };
+      warmup.reserve(reservation.source, reservation.provider, reservation.n);
+      this.reservations.set(job, reservation);
+    }
     rq.push(job);
     this.pump(rq);
+  }
+
+  /** The job's mail goes out now: its reserved warmup room becomes today's count. */
+  private countSent(job: Job): void {
+    const r = this.reservations.get(job);
+    if (!r) return;
+    this.reservations.delete(job);
+    this.deps.warmup!.record(r.source, r.provider, r.n);
+  }
+
+  /** The job was not sent from the source it was bound to: give the room back. */
+  private unreserve(job: Job): void {
+    const r = this.reservations.get(job);
+    if (!r) return;
+    this.reservations.delete(job);
+    this.deps.warmup!.unreserve(r.source, r.provider, r.n);
   }
 
   /** Periodic housekeeping: forgets ready queues with nothing queued or open, and idle rate state. */
@@ -280,6 +372,7 @@ export class Scheduler {
     this.shaping = shaping;
     this.backoff.setRules(shaping.rules);
     this.shapingVersion++;
+    this.providers.clear();
     for (const rq of this.readyQueues.values()) this.pump(rq);
   }
 
@@ -291,19 +384,25 @@ export class Scheduler {
     return rq.settings;
   }
 
-  /** The next source of the tenant's pool, passing over sources suspended towards the message's site. */
-  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string): EgressSource {
+  /**
+   * The next source of the tenant's pool that has warmup room for `needs`, passing over sources suspended
+   * towards the message's site. Null when no source has room today.
+   */
+  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string, needs: Need[] = []): EgressSource | null {
     const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
     const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
     const site = dests.find((d) => d.ok)?.site?.key;
     const n = this.rotation.get(pool) ?? 0;
     this.rotation.set(pool, n + 1);
+    let suspended: EgressSource | null = null;
     for (let i = 0; i < sources.length; i++) {
       const s = sources[(n + i) % sources.length]!;
       if (s.name === skip) continue;
+      if (needs.length && !this.deps.warmup!.fits(s.name, needs)) continue;
       if (!site || this.backoff.suspendedUntil(s.name, site) === null) return s;
+      suspended ??= s;
     }
-    return sources[n % sources.length]!; // every source is held back: wait on one of them
+    return suspended; // every source with room is held back: wait on one of them
   }
 
   /**
@@ -318,9 +417,12 @@ export class Scheduler {
     for (const q of this.readyQueues.values()) {
       if (q.site.key !== action.site || (action.source && q.source.name !== action.source)) continue;
       for (const job of q.drain()) {
-        const other = this.pickSource(job.tenant, [{ ok: true, site: q.site }], q.source.name);
-        if (this.backoff.suspendedUntil(other.name, q.site.key) === null) this.route(job, { ok: true, site: q.site }, other);
-        else q.push(job); // nowhere else to go: it waits here
+        const dest = { ok: true as const, site: q.site };
+        const other = this.pickSource(job.tenant, [dest], q.source.name, this.needsOf([job], [dest]));
+        if (other && this.backoff.suspendedUntil(other.name, q.site.key) === null) {
+          this.unreserve(job);
+          this.route(job, dest, other);
+        } else q.push(job); // nowhere else to go: it waits here
       }
     }
     this.wakeAt(action.until);
@@ -477,16 +579,19 @@ export class Scheduler {
     const source = rq.source.name;
     if (!body) {
       // every recipient already has a final result: nothing to send, drop the stale entry
-      for (const job of batch)
+      for (const job of batch) {
+        this.unreserve(job);
         this.track(this.deps.spool.discard(job).then(() => {
           this.release(job);
           this.queuedRecipients -= job.rcpts.length;
         }));
+      }
       return { keepGoing: true, recorded: Promise.resolve() };
     }
     const recorded: Promise<unknown>[] = [];
     const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));
     const utf8 = /[^\x00-\x7f]/.test(first.sender) || recipients.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
+    for (const job of batch) this.countSent(job);
     try {
       const result = await conn.send(first.sender, recipients.map(({ r }) => r.to), body, { utf8, size: body.length });
       const accepted = new Set(result.accepted.map((a) => a.toLowerCase()));
@@ -521,6 +626,7 @@ export class Scheduler {
 
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
   private finish(job: Job, outcomes: Outcome[], site: string): Promise<unknown> {
+    this.unreserve(job);
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
     const started = performance.now();
     return this.track(

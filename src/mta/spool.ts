@@ -285,6 +285,31 @@ export class Spool {
     return next;
   }
 
+  /** Scheduled entries due exactly between `from` and `until` (inclusive), in due order. */
+  *dueBetween(from: number, until: number): Generator<Job> {
+    for (const { key, value } of this.schedule.getRange({ start: [from], end: [until + 1], snapshot: false })) {
+      if (!Array.isArray(key)) continue;
+      yield { key, msgId: key[1], domain: key[2], ...value };
+    }
+  }
+
+  /**
+   * Moves a job to a new due time without counting an attempt (mail held back by the node itself, e.g.
+   * waiting for a warmup day). Returns the new schedule key.
+   */
+  async postpone(job: Job, dueAt: number): Promise<ScheduleKey> {
+    const key: ScheduleKey = [dueAt, job.msgId, job.domain, job.key[3]];
+    await this.store.transact(() => {
+      this.schedule.remove(job.key);
+      this.schedule.put(key, entryOf(job));
+      for (const r of job.rcpts) {
+        const rec = this.recipients.get([job.msgId, r.i]);
+        if (rec && rec.status === 'queued') this.recipients.put([job.msgId, r.i], { ...rec, nextAt: dueAt, updatedAt: Date.now() });
+      }
+    });
+    return key;
+  }
+
   /** Drops a schedule entry whose message is already finished (its body is gone). */
   async discard(job: Job): Promise<void> {
     await this.store.transact(() => this.schedule.remove(job.key));

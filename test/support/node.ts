@@ -48,10 +48,10 @@ function merge(a: Record<string, unknown>, b: Record<string, unknown>): Record<s
   return out;
 }
 
-export async function startTestNode(overrides: Record<string, unknown> = {}, opts: { dataDir?: string; inlinePrepare?: boolean } = {}): Promise<TernNode> {
+export async function startTestNode(overrides: Record<string, unknown> = {}, opts: { dataDir?: string; inlinePrepare?: boolean; clock?: () => number } = {}): Promise<TernNode> {
   const dataDir = opts.dataDir ?? tempDir();
   const config = buildConfig(testConfigDoc(dataDir, overrides));
-  return TernNode.start(config, { logger: pino({ level: 'silent' }), inlinePrepare: opts.inlinePrepare ?? false });
+  return TernNode.start(config, { logger: pino({ level: 'silent' }), inlinePrepare: opts.inlinePrepare ?? false, clock: opts.clock });
 }
 
 export interface ChildNode {
