@@ -239,13 +239,19 @@ export class Warmup {
     if (s.day === 0) return false;
     if (plan.warm(s.day)) return true;
     const r = this.reserved.get(source);
+    const cap = plan.cap(s.day);
+    const used = s.sent + (r?.total ?? 0);
     const total = needs.reduce((a, x) => a + x.n, 0);
-    if (s.sent + (r?.total ?? 0) + total > plan.cap(s.day)) return false;
     const perProvider = new Map<string, number>();
     for (const { provider, n } of needs) if (provider) perProvider.set(provider, (perProvider.get(provider) ?? 0) + n);
+    // one message with more recipients on a domain than a whole day's cap would never fit: it may take a
+    // fresh day of its own (if the day has any room), else a source warming up alone would wait forever
+    const single = needs.length === 1 && used === 0 && cap > 0;
+    if (used + total > cap && !single) return false;
     for (const [p, n] of perProvider) {
-      const cap = plan.cap(s.day, p);
-      if (cap !== Infinity && (s.byProvider[p] ?? 0) + (r?.byProvider.get(p) ?? 0) + n > cap) return false;
+      const pcap = plan.cap(s.day, p);
+      const pused = (s.byProvider[p] ?? 0) + (r?.byProvider.get(p) ?? 0);
+      if (pcap !== Infinity && pused + n > pcap && !(single && pused === 0 && pcap > 0)) return false;
     }
     return true;
   }

@@ -75,6 +75,21 @@ describe('the warmup calendar', () => {
     expect(warmup.fits('unplanned-source', [{ provider: null, n: 1_000_000 }])).toBe(true);
   });
 
+  it('lets one message larger than the whole cap take a day of its own, and nothing else that day', () => {
+    const { warmup } = setup();
+    expect(warmup.fits('s', [{ provider: null, n: 50 }])).toBe(true);
+    warmup.reserve('s', null, 50);
+    warmup.record('s', null, 50);
+    expect(warmup.fits('s', [{ provider: null, n: 1 }])).toBe(false);
+  });
+
+  it('sends nothing on a day whose cap is 0', () => {
+    const { store } = setup();
+    const w = new Warmup(store, parsePlans({ z: { days: [0, 5] } }), [{ name: 'z', pool: 'default', plan: 'z', start: '2026-03-01' }], 30, () => Date.parse('2026-03-01T12:00:00Z'));
+    expect(w.fits('z', [{ provider: null, n: 1 }])).toBe(false);
+    expect(w.fits('z', [{ provider: null, n: 10 }])).toBe(false);
+  });
+
   it('advances only after a day that sent, and holds on idle days', () => {
     const { warmup, advance } = setup();
     send(warmup, 's', 3);
