@@ -1,11 +1,14 @@
 /** MTA-STS pure parts (record and policy parsing, MX matching) and the policy cache's decisions. */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import fc from 'fast-check';
+import fs from 'node:fs';
+import path from 'node:path';
+import { buildConfig, ConfigError } from '../../src/core/config.js';
 import { Store } from '../../src/core/store.js';
 import { DeliveryError } from '../../src/mta/smtp-client.js';
 import type { DnsAnswer } from '../../src/mta/dns.js';
 import { MtaStsCheck, MtaStsPolicies, failureType, isMxPattern, mxMatches, parsePolicy, parseStsRecords, type CachedPolicy, type StsFailure } from '../../src/mta/mta-sts.js';
-import { tempDir } from '../support/node.js';
+import { ROOT, tempDir } from '../support/node.js';
 
 describe('_mta-sts TXT record (RFC 8461 §3.1)', () => {
   it.each([
@@ -400,5 +403,40 @@ describe('applying a policy to a connection attempt', () => {
       ['testing', 'validation-failure'],
       ['testing', 'certificate-expired'],
     ]);
+  });
+});
+
+describe('config keys', () => {
+  const problems = (delivery: unknown): string[] => {
+    try {
+      buildConfig({ delivery });
+      return [];
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems;
+      throw err;
+    }
+  };
+
+  it('has MTA-STS on by default, fetching from port 443 within 10 s, with no extra CAs', () => {
+    expect(buildConfig({}).delivery).toMatchObject({ tlsCaFile: null, mtaSts: { enabled: true, httpsPort: 443, fetchTimeoutMs: 10_000 } });
+  });
+
+  it('reads the keys', () => {
+    const dir = tempDir();
+    const ca = path.join(dir, 'ca.pem');
+    fs.writeFileSync(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    const c = buildConfig({ delivery: { tls_ca_file: ca, mta_sts: { enabled: false, https_port: 8443, fetch_timeout: '3s' } } });
+    expect(c.delivery).toMatchObject({ tlsCaFile: ca, mtaSts: { enabled: false, httpsPort: 8443, fetchTimeoutMs: 3000 } });
+  });
+
+  it.each([
+    [{ tls_ca_file: '/nonexistent/ca.pem' }, /^delivery\.tls_ca_file: \/nonexistent\/ca\.pem does not exist/],
+    [{ tls_ca_file: path.join(ROOT, 'package.json') }, /^delivery\.tls_ca_file: .* holds no PEM certificate/],
+    [{ mta_sts: { https_port: 0 } }, /^delivery\.mta_sts\.https_port: 0 is invalid/],
+    [{ mta_sts: { fetch_timeout: 'soon' } }, /^delivery\.mta_sts\.fetch_timeout: "soon" is not a duration/],
+    [{ mta_sts: { enabled: 'yes' } }, /^delivery\.mta_sts\.enabled: "yes" is invalid/],
+    [{ mta_sts: { port: 443 } }, /^delivery\.mta_sts\.port: unknown key; the keys allowed here are enabled, https_port, fetch_timeout/],
+  ])('names the key path: %j', (delivery, expected) => {
+    expect(problems(delivery)).toEqual([expect.stringMatching(expected)]);
   });
 });
