@@ -10,7 +10,7 @@ import type tls from 'node:tls';
 import type { Logger } from '../core/log.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Config } from '../core/config.js';
-import { DestinationResolver, type Destination, type Site } from './destination.js';
+import { DestinationResolver, matchRoute, type Destination, type Site } from './destination.js';
 import { OutboundConnection, DeliveryError, type TlsPolicy } from './smtp-client.js';
 import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type Spool } from './spool.js';
 import { Gcra } from './rate.js';
@@ -266,9 +266,11 @@ export class Scheduler {
     return this.deps.mtaSts.peek(domain) ? dest : undefined;
   }
 
+  /** Resolves the destination and, alongside, looks up the domain's MTA-STS policy (not for routes). */
   private async resolveDestination(domain: string): Promise<Destination> {
+    const policy = this.deps.mtaSts && !matchRoute(this.deps.config.routes, domain) ? this.deps.mtaSts.get(domain) : null;
     const dest = await this.deps.resolver.resolve(domain);
-    if (dest.ok && !dest.site.route && this.deps.mtaSts) await this.deps.mtaSts.get(domain);
+    await policy;
     return dest;
   }
 
