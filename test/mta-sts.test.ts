@@ -183,6 +183,18 @@ describe('enforce mode', () => {
     expect(stsFailures('notls.tern.test')).toEqual([expect.objectContaining({ mode: 'enforce', policy_id: 'p1', result_type: 'starttls-not-supported' })]);
   });
 
+  it("holds only the policy's domain: a domain without a policy on the same MX site is delivered", async () => {
+    // notls.tern.test and nopolicy.tern.test share the site mx:mx.plain.tern.test
+    await nodemailer
+      .createTransport({ host: '127.0.0.1', port: node.ports.submission, auth: { user: 'tenant1', pass: 'secret-1' }, ignoreTLS: true })
+      .sendMail({ from: 'a@sender.tern.test', to: ['b@notls.tern.test', 'b@nopolicy.tern.test'], text: 'x', messageId: '<mixed-1@x>' });
+    expect((await resultOf('b@notls.tern.test', '<mixed-1@x>')).type).toBe('deferred');
+    expect((await resultOf('b@nopolicy.tern.test', '<mixed-1@x>')).type).toBe('delivered');
+    expect(received(sinks.plain, '<mixed-1@x>').map((m) => m.to)).toEqual([['b@nopolicy.tern.test']]);
+    const queues = node.scheduler.snapshot().ready.filter((q) => q.site === 'mx:mx.plain.tern.test').map((q) => q.key);
+    expect(queues).toEqual(expect.arrayContaining(['default->mx:mx.plain.tern.test', 'default->mx:mx.plain.tern.test#notls.tern.test']));
+  });
+
   it('defers when no MX host matches the policy, without connecting', async () => {
     const before = sinks.good.connections.length;
     await send('a@mismatch.tern.test', '<mismatch-1@x>');
