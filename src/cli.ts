@@ -3,7 +3,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './core/config.js';
 import { generateDkimKey } from './mta/dkim.js';
-import { TernNode, explainShaping } from './node.js';
+import { TernNode, explainShaping, mtaStsPolicies } from './node.js';
+import { outboundCas } from './core/tls.js';
 import { Shaping } from './mta/shaping.js';
 import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
@@ -74,9 +75,11 @@ async function shaping(argv: string[]): Promise<void> {
   } catch (err) {
     fail((err as Error).message);
   }
-  const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
+  const dns = new DnsClient(config.dns.servers, config.dns.timeoutMs);
+  const resolver = new DestinationResolver(dns, config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
   try {
-    const out = await explainShaping(rules, resolver, config, positionals[0]!, values.source);
+    const mtaSts = mtaStsPolicies(config, dns, resolver, outboundCas(config.delivery.tlsCaFile));
+    const out = await explainShaping(rules, resolver, config, positionals[0]!, values.source, mtaSts);
     if (values.json) {
       process.stdout.write(JSON.stringify(out, null, 2) + '\n');
       return;
@@ -84,6 +87,7 @@ async function shaping(argv: string[]): Promise<void> {
     const where = out.route ? `route ${out.route}` : out.site ? `site ${out.site}` : `no destination (${out.destination_error})`;
     const lines = [`${out.domain} from source ${out.source}: ${where}${out.provider ? `, provider ${out.provider}` : ''}`, `shaping file: ${out.shaping_file}`, ''];
     for (const [name, { value, from }] of Object.entries(out.settings)) lines.push(`  ${name.padEnd(28)}${String(value).padEnd(14)}from ${from}`);
+    if (out.mta_sts) lines.push('', `mta-sts: ${out.mta_sts.effect}${out.mta_sts.id ? ` (policy ${out.mta_sts.id}, mx ${out.mta_sts.mx.join(', ')}, expires ${out.mta_sts.expires_at})` : ''}${out.mta_sts.note ? `; ${out.mta_sts.note}` : ''}`);
     process.stdout.write(lines.join('\n') + '\n');
   } catch (err) {
     fail(`tern shaping explain: ${(err as Error).message}`);

@@ -4,13 +4,14 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createSecureContext } from 'node:tls';
 import cron from 'node-cron';
 import type { FastifyInstance } from 'fastify';
 import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/log.js';
 import { Metrics } from './core/metrics.js';
 import { Store } from './core/store.js';
-import { tlsMaterial } from './core/tls.js';
+import { outboundCas, tlsMaterial } from './core/tls.js';
 import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-pool.js';
@@ -19,6 +20,7 @@ import { Spool } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
+import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
 
 export interface NodeOptions {
@@ -45,6 +47,8 @@ export class TernNode {
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
     private readonly resolver: DestinationResolver,
+    /** null when delivery.mta_sts.enabled is false */
+    readonly mtaSts: MtaStsPolicies | null = null,
   ) {}
 
   shaping!: Shaping;
@@ -65,7 +69,7 @@ export class TernNode {
 
   /** What applies to mail for `domain` from `source`, and why. */
   async explainShaping(domain: string, source?: string) {
-    return explainShaping(this.shaping, this.resolver, this.config, domain, source);
+    return explainShaping(this.shaping, this.resolver, this.config, domain, source, this.mtaSts);
   }
 
   static async start(config: Config, opts: NodeOptions = {}): Promise<TernNode> {
@@ -74,11 +78,15 @@ export class TernNode {
     fs.mkdirSync(config.dataDir, { recursive: true });
     const store = new Store(config.dataDir);
     const spool = new Spool(store, config.retry);
-    const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
+    const dns = new DnsClient(config.dns.servers, config.dns.timeoutMs);
+    const resolver = new DestinationResolver(dns, config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
     const shaping = Shaping.load(config.shapingFile);
     const warmup = startWarmup(config, store, opts.clock);
     warmup.registerMetrics(metrics.registry);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup });
+    const cas = outboundCas(config.delivery.tlsCaFile);
+    const mtaSts = mtaStsPolicies(config, dns, resolver, cas, store, log);
+    const tlsContext = cas ? createSecureContext({ ca: cas }) : undefined;
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, mtaSts: mtaSts ?? undefined, tlsContext });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
@@ -88,7 +96,7 @@ export class TernNode {
     const control = buildControlServer({
       metrics,
       adminToken: config.adminToken,
-      explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source),
+      explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source, mtaSts),
       reload: () => nodeRef!.reloadShaping(),
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
@@ -114,7 +122,7 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, mtaSts);
     node.shaping = shaping;
     nodeRef = node;
     try {
@@ -129,6 +137,7 @@ export class TernNode {
     node.cronTasks.push(
       cron.schedule('*/10 * * * *', async () => {
         scheduler.maintain();
+        mtaSts?.sweep();
         const before = Date.now() - config.events.retentionMs;
         const events = await store.pruneEvents(before);
         const messages = await spool.pruneFinished(before);
@@ -185,8 +194,25 @@ function bootstrapUser(dataDir: string, log: Logger): { username: string; passwo
   return cred;
 }
 
-/** Resolves the domain (route or MX set) and merges the shaping layers for it, naming each value's origin. */
-export async function explainShaping(shaping: Shaping, resolver: DestinationResolver, config: Config, domain: string, source?: string) {
+/** The MTA-STS policies of a node or of the CLI (no store: memory only), or null when MTA-STS is off. */
+export function mtaStsPolicies(config: Config, dns: DnsClient, resolver: DestinationResolver, ca: string[] | undefined, store?: Store, log?: Logger): MtaStsPolicies | null {
+  if (!config.delivery.mtaSts.enabled) return null;
+  return new MtaStsPolicies({
+    dns,
+    hostAddresses: (host) => resolver.hostAddresses(host),
+    store,
+    log,
+    httpsPort: config.delivery.mtaSts.httpsPort,
+    fetchTimeoutMs: config.delivery.mtaSts.fetchTimeoutMs,
+    ca,
+  });
+}
+
+/**
+ * Resolves the domain (route or MX set) and merges the shaping layers for it, naming each value's origin;
+ * with `mtaSts`, also the domain's MTA-STS policy (`mta_sts`, null when MTA-STS is off or a route applies).
+ */
+export async function explainShaping(shaping: Shaping, resolver: DestinationResolver, config: Config, domain: string, source?: string, mtaSts?: MtaStsPolicies | null) {
   const d = domain.toLowerCase();
   const sourceName = source ?? Object.values(config.pools)[0]!.sources[0]!.name;
   const known = Object.values(config.pools).some((p) => p.sources.some((s) => s.name === sourceName));
@@ -204,5 +230,6 @@ export async function explainShaping(shaping: Shaping, resolver: DestinationReso
     provider: e.provider,
     shaping_file: shaping.file,
     settings: Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, { value: v, from: e.origins[k as keyof typeof e.origins] }])),
+    mta_sts: mtaSts && dest.ok && !dest.site.route ? await mtaSts.describe(d) : null,
   };
 }

@@ -111,6 +111,12 @@ export const ConfigSchema = Strict({
     data_timeout: Duration('10m', 'the reply after the message data'),
     mx_down_for: Duration('2m', 'skip an MX host that refused a connection for this long'),
     memory_queue_limit: Type.Integer({ minimum: 100, default: 20_000, description: 'queued recipients held in memory; the rest wait on disk' }),
+    tls_ca_file: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA certificates trusted for outbound TLS and MTA-STS policy fetches, besides the built-in list' })),
+    mta_sts: Strict({
+      enabled: Type.Boolean({ default: true, description: 'honour recipient domains\' MTA-STS policies (RFC 8461)' }),
+      https_port: Type.Integer({ minimum: 1, maximum: 65535, default: 443, description: 'port of the mta-sts.<domain> policy hosts: 443 (RFC 8461); another value only for tests' }),
+      fetch_timeout: Duration('10s', 'longest a policy fetch may take'),
+    }),
   }),
   retry: Strict({
     schedule: Type.Array(Type.String({ pattern: DURATION_PATTERN }), {
@@ -160,6 +166,9 @@ export interface Config {
     dataTimeoutMs: number;
     mxDownMs: number;
     memoryQueueLimit: number;
+    /** extra trusted CAs (PEM file), or null */
+    tlsCaFile: string | null;
+    mtaSts: { enabled: boolean; httpsPort: number; fetchTimeoutMs: number };
   };
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
@@ -276,6 +285,12 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     if (!fs.existsSync(tls.cert)) problems.push(`listeners.submission.tls.cert_file: ${tls.cert} does not exist`);
     if (!fs.existsSync(tls.key)) problems.push(`listeners.submission.tls.key_file: ${tls.key} does not exist`);
   }
+  const tlsCaFile = raw.delivery.tls_ca_file ? fromConfig(raw.delivery.tls_ca_file) : null;
+  if (tlsCaFile) {
+    const pem = fs.existsSync(tlsCaFile) ? fs.readFileSync(tlsCaFile, 'utf8') : null;
+    if (pem === null) problems.push(`delivery.tls_ca_file: ${tlsCaFile} does not exist`);
+    else if (!pem.includes('-----BEGIN CERTIFICATE-----')) problems.push(`delivery.tls_ca_file: ${tlsCaFile} holds no PEM certificate ("-----BEGIN CERTIFICATE-----")`);
+  }
   const shapingFile = raw.shaping.file ? fromConfig(raw.shaping.file) : SHIPPED_SHAPING_FILE;
   if (!fs.existsSync(shapingFile)) problems.push(`shaping.file: ${shapingFile} does not exist`);
   const warmupFile = raw.warmup.file ? fromConfig(raw.warmup.file) : SHIPPED_WARMUP_FILE;
@@ -319,6 +334,8 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
       dataTimeoutMs: parseDuration(raw.delivery.data_timeout),
       mxDownMs: parseDuration(raw.delivery.mx_down_for),
       memoryQueueLimit: raw.delivery.memory_queue_limit,
+      tlsCaFile,
+      mtaSts: { enabled: raw.delivery.mta_sts.enabled, httpsPort: raw.delivery.mta_sts.https_port, fetchTimeoutMs: parseDuration(raw.delivery.mta_sts.fetch_timeout) },
     },
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },

@@ -1,6 +1,10 @@
-/** TLS material for listeners: the configured certificate, or a self-signed one made once in data_dir. */
+/**
+ * TLS material for listeners (the configured certificate, or a self-signed one made once in data_dir), and
+ * the CAs trusted for outbound connections.
+ */
 import fs from 'node:fs';
 import path from 'node:path';
+import tls from 'node:tls';
 import { generate } from 'selfsigned';
 
 export interface TlsMaterial {
@@ -28,4 +32,18 @@ export async function tlsMaterial(dataDir: string, hostname: string, configured?
   fs.writeFileSync(keyFile, pems.private, { mode: 0o600 });
   fs.writeFileSync(certFile, pems.cert, { mode: 0o644 });
   return { key: pems.private, cert: pems.cert, selfSigned: true };
+}
+
+/**
+ * The CAs trusted for outbound TLS (SMTP and MTA-STS policy fetches): Node's default list plus the
+ * operator's file, or undefined (Node's default) when there is no file. Node ≥ 22.15 includes
+ * NODE_EXTRA_CA_CERTS and, with --use-system-ca, the system store in its default list; Node 20 has only its
+ * bundled Mozilla list to add to.
+ */
+export function outboundCas(extraFile: string | null): string[] | undefined {
+  if (!extraFile) return undefined;
+  const extra = fs.readFileSync(extraFile, 'utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const getCACertificates = (tls as unknown as { getCACertificates?: (type: string) => string[] }).getCACertificates;
+  const base = getCACertificates ? getCACertificates('default') : tls.rootCertificates;
+  return [...base, ...extra];
 }

@@ -6,16 +6,18 @@
  * time-ordered schedule index and is read in due order through a cursor, so memory stays flat however
  * many recipients are queued and each step is an O(log n) B-tree operation.
  */
+import type tls from 'node:tls';
 import type { Logger } from '../core/log.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Config } from '../core/config.js';
-import { DestinationResolver, type Site } from './destination.js';
+import { DestinationResolver, matchRoute, type Destination, type Site } from './destination.js';
 import { OutboundConnection, DeliveryError, type TlsPolicy } from './smtp-client.js';
 import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type Spool } from './spool.js';
 import { Gcra } from './rate.js';
 import { Backoff, type BackoffAction } from './backoff.js';
 import type { Shaping, ShapingSettings } from './shaping.js';
 import type { Warmup } from './warmup.js';
+import type { MtaStsPolicies } from './mta-sts.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -51,6 +53,8 @@ export class ReadyQueue {
     readonly site: Site,
     /** the domain whose `domains` block shapes this queue, or null when the site's limits apply */
     readonly shapedDomain: string | null,
+    /** the domain whose MTA-STS policy is checked when connecting (a queue of its own), or null */
+    readonly mtaStsDomain: string | null = null,
   ) {}
 
   get length(): number {
@@ -133,6 +137,10 @@ interface SchedulerDeps {
   metrics: Metrics;
   /** daily caps of sources on a warmup plan */
   warmup?: Warmup;
+  /** MTA-STS policies (absent when delivery.mta_sts.enabled is false) */
+  mtaSts?: MtaStsPolicies;
+  /** trust for outbound certificate checks when the operator added CAs (delivery.tls_ca_file) */
+  tlsContext?: tls.SecureContext;
 }
 
 /** Recipients a message would hand to one provider (null: none of the shaping file's providers). */
@@ -245,15 +253,15 @@ export class Scheduler {
     const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
     if (!jobs.length) return;
     for (const job of jobs) this.hold(job);
-    const cached = jobs.map((job) => this.deps.resolver.peek(job.domain));
+    const cached = jobs.map((job) => this.peekDestination(job.domain));
     if (cached.every((d) => d)) {
-      this.bind(jobs, cached as Array<Awaited<ReturnType<DestinationResolver['resolve']>>>);
+      this.bind(jobs, cached as Destination[]);
       return;
     }
     const names = jobs.map((job) => queueName(job.tenant, job.campaign, job.domain));
     for (const q of names) this.scheduled.set(q, (this.scheduled.get(q) ?? 0) + 1);
     this.track(
-      Promise.all(jobs.map((job) => this.deps.resolver.resolve(job.domain))).then((dests) => {
+      Promise.all(jobs.map((job) => this.resolveDestination(job.domain))).then((dests) => {
         for (const q of names) {
           const left = (this.scheduled.get(q) ?? 1) - 1;
           if (left) this.scheduled.set(q, left);
@@ -269,7 +277,7 @@ export class Scheduler {
    * transaction. When warmup caps leave no source able to take the whole message, each domain's job finds
    * its own; a job no source can take today waits for the next warmup day.
    */
-  private bind(jobs: Job[], dests: Array<Awaited<ReturnType<DestinationResolver['resolve']>>>): void {
+  private bind(jobs: Job[], dests: Destination[]): void {
     const source = this.pickSource(jobs[0]!.tenant, dests, undefined, this.needsOf(jobs, dests));
     if (source) {
       jobs.forEach((job, i) => this.route(job, dests[i]!, source));
@@ -321,17 +329,36 @@ export class Scheduler {
     this.postponedTo.clear();
   }
 
-  private route(job: Job, dest: Awaited<ReturnType<DestinationResolver['resolve']>>, source: EgressSource): void {
+  /** A cached destination, once the domain's MTA-STS policy (which picks its ready queue) is known too. */
+  private peekDestination(domain: string): Destination | undefined {
+    const dest = this.deps.resolver.peek(domain);
+    if (!dest?.ok || dest.site.route || !this.deps.mtaSts) return dest;
+    return this.deps.mtaSts.peek(domain) ? dest : undefined;
+  }
+
+  /** Resolves the destination and, alongside, looks up the domain's MTA-STS policy (not for routes). */
+  private async resolveDestination(domain: string): Promise<Destination> {
+    const policy = this.deps.mtaSts && !matchRoute(this.deps.config.routes, domain) ? this.deps.mtaSts.get(domain) : null;
+    const dest = await this.deps.resolver.resolve(domain);
+    await policy;
+    return dest;
+  }
+
+  private route(job: Job, dest: Destination, source: EgressSource): void {
     if (!dest.ok) {
       const result = dest.permanent ? 'failed' : 'deferred';
       this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: dest.response })), 'dns');
       return;
     }
     const shapedDomain = this.shaping.hasDomainBlock(job.domain) ? job.domain : null;
-    const key = `${source.name}->${dest.site.key}${shapedDomain ? `#${shapedDomain}` : ''}`;
+    // a domain held to an MTA-STS policy connects under its own rules, so it gets a ready queue of its own
+    // (the site's other domains must not wait on, or be refused by, its policy); routes skip MTA-STS
+    const stsDomain = !dest.site.route && this.deps.mtaSts?.active(job.domain) ? job.domain : null;
+    const ownQueue = shapedDomain ?? stsDomain;
+    const key = `${source.name}->${dest.site.key}${ownQueue ? `#${ownQueue}` : ''}`;
     let rq = this.readyQueues.get(key);
     if (!rq) {
-      rq = new ReadyQueue(key, source, dest.site, shapedDomain);
+      rq = new ReadyQueue(key, source, dest.site, shapedDomain, dest.site.route ? null : ownQueue);
       this.readyQueues.set(key, rq);
     }
     const warmup = this.deps.warmup;
@@ -473,11 +500,18 @@ export class Scheduler {
       const wait = this.connectionRate.reserve(rq.key, settings.connection_rate);
       if (wait > 0) await sleep(wait);
     }
-    // a route's own tls wins (an upstream provider's requirement); otherwise the shaping policy
-    const tls: TlsPolicy = (route?.tls as TlsPolicy | undefined) ?? settings.tls;
+    // a route's own tls wins (an upstream provider's requirement); then an MTA-STS enforce policy; then shaping
+    const sts = await this.deps.mtaSts?.check(rq.mtaStsDomain);
+    const tls: TlsPolicy = (route?.tls as TlsPolicy | undefined) ?? sts?.tls(settings.tls) ?? settings.tls;
     let lastError = new DeliveryError('no MX host could be reached', '451 4.4.1 No MX host could be reached', null, true);
     let tried = 0;
     for (const host of rq.site.hosts) {
+      const refused = sts?.refuseHost(host.name);
+      if (refused) {
+        tried++;
+        lastError = refused;
+        continue;
+      }
       let addresses: string[];
       try {
         addresses = await resolver.hostAddresses(host.name);
@@ -496,14 +530,22 @@ export class Scheduler {
             localAddress: rq.source.address,
             ehlo: rq.source.ehlo,
             tls,
+            secureContext: this.deps.tlsContext,
             auth: route?.auth,
             connectTimeoutMs: settings.connect_timeout,
             commandTimeoutMs: config.delivery.commandTimeoutMs,
             dataTimeoutMs: config.delivery.dataTimeoutMs,
           });
-          return { conn, mx: `${host.name}[${address}]:${host.port}` };
+          const mx = `${host.name}[${address}]:${host.port}`;
+          sts?.inspect(conn, mx);
+          return { conn, mx };
         } catch (err) {
           lastError = err as DeliveryError;
+          const refusal = sts?.tlsFailure(lastError, `${host.name}[${address}]:${host.port}`);
+          if (refusal) {
+            lastError = refusal; // the host answered: not down
+            continue;
+          }
           // a refused or silent host is skipped for a while; a host that answered (4xx/5xx greeting) is not down
           if (lastError.network) resolver.markDown(address, host.port);
         }

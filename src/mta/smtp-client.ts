@@ -2,6 +2,7 @@
  * One outbound SMTP connection, as promises over nodemailer's SMTPConnection (which speaks the protocol,
  * pipelines the envelope and dot-stuffs the data).
  */
+import type tls from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 
 export type TlsPolicy = 'opportunistic' | 'required' | 'none';
@@ -15,6 +16,8 @@ export interface ConnectOptions {
   localAddress?: string;
   ehlo: string;
   tls: TlsPolicy;
+  /** trusted CAs for certificate checks (the operator's extra CAs); default: Node's list */
+  secureContext?: tls.SecureContext;
   auth?: { user: string; pass: string };
   connectTimeoutMs: number;
   commandTimeoutMs: number;
@@ -33,6 +36,8 @@ export class DeliveryError extends Error {
     super(message);
     this.name = 'DeliveryError';
   }
+  /** set when the connection failed while setting up TLS: STARTTLS refused, or the handshake or certificate check failed */
+  tlsFailure?: { starttls: boolean; code?: string };
   get permanent(): boolean {
     return this.code !== null && this.code >= 500;
   }
@@ -47,6 +52,8 @@ export interface SendResult {
 
 interface NodemailerError extends Error {
   code?: string;
+  originalCode?: string;
+  command?: string;
   response?: string;
   responseCode?: number;
   recipient?: string;
@@ -100,6 +107,14 @@ export class OutboundConnection {
     });
   }
 
+  /** TLS state of the session: whether STARTTLS happened and whether the certificate verified (and if not, why). */
+  tlsState(): { secure: boolean; authorized: boolean; error: string | null } {
+    const socket = (this.conn as unknown as { _socket?: { authorized?: boolean; authorizationError?: Error | string } })._socket;
+    const secure = this.secure();
+    const error = socket?.authorizationError;
+    return { secure, authorized: secure && Boolean(socket?.authorized), error: error ? String((error as { code?: string }).code ?? error) : null };
+  }
+
   get usable(): boolean {
     return !this.closed;
   }
@@ -116,7 +131,7 @@ export class OutboundConnection {
       requireTLS: opts.tls === 'required',
       opportunisticTLS: opts.tls === 'opportunistic',
       // opportunistic TLS encrypts against passive reading; an unverifiable certificate is not a reason to send in clear
-      tls: { rejectUnauthorized: opts.tls === 'required', servername: opts.servername },
+      tls: { rejectUnauthorized: opts.tls === 'required', servername: opts.servername, ...(opts.secureContext ? { secureContext: opts.secureContext } : {}) },
       connectionTimeout: opts.connectTimeoutMs,
       greetingTimeout: opts.connectTimeoutMs,
       socketTimeout: Math.max(opts.commandTimeoutMs, opts.dataTimeoutMs),
@@ -129,8 +144,11 @@ export class OutboundConnection {
       const fail = (err: NodemailerError) => {
         if (settled) return;
         settled = true;
+        const upgrading = (conn as unknown as { upgrading?: boolean }).upgrading === true;
         conn.close();
-        reject(toDeliveryError(err));
+        const e = toDeliveryError(err);
+        if (err.code === 'ETLS' || upgrading) e.tlsFailure = { starttls: err.command === 'STARTTLS' && Boolean(err.response), code: err.originalCode ?? (err as { cause?: { code?: string } }).cause?.code ?? err.code };
+        reject(e);
       };
       conn.once('error', fail);
       conn.connect(() => {
