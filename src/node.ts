@@ -15,6 +15,8 @@ import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-pool.js';
 import { Scheduler } from './mta/queues.js';
+import { Holds } from './mta/holds.js';
+import { QueueAdmin } from './mta/queue-admin.js';
 import { Spool } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
@@ -41,6 +43,7 @@ export class TernNode {
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
     private readonly resolver: DestinationResolver,
+    readonly queueAdmin: QueueAdmin,
   ) {}
 
   shaping!: Shaping;
@@ -72,7 +75,9 @@ export class TernNode {
     const spool = new Spool(store, config.retry);
     const resolver = new DestinationResolver(new DnsClient(config.dns.servers, config.dns.timeoutMs), config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
     const shaping = Shaping.load(config.shapingFile);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping });
+    const holds = new Holds(store);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, holds });
+    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
@@ -84,6 +89,7 @@ export class TernNode {
       explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source),
       reload: () => nodeRef!.reloadShaping(),
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
+      queues: queueAdmin,
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -106,11 +112,12 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control, resolver);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, preparer, submission, control, resolver, queueAdmin);
     node.shaping = shaping;
     nodeRef = node;
     try {
       scheduler.start();
+      await queueAdmin.start();
       node.ports.submission = await submission.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
@@ -135,6 +142,7 @@ export class TernNode {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
     await this.control.close().catch(() => {});
+    this.queueAdmin.stop();
     await this.scheduler.stop();
     await this.preparer.close();
     await this.store.close();

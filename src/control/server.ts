@@ -2,6 +2,8 @@
 import crypto from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Metrics } from '../core/metrics.js';
+import type { QueueAdmin } from '../mta/queue-admin.js';
+import { queueRoutes } from './queues.js';
 
 export interface ControlDeps {
   metrics: Metrics;
@@ -11,6 +13,7 @@ export interface ControlDeps {
   explainShaping: (domain: string, source?: string) => Promise<unknown>;
   reload: () => { ok: boolean; [k: string]: unknown };
   backoff: { list: () => unknown[]; clear: (id: string) => boolean };
+  queues: QueueAdmin;
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
@@ -53,5 +56,6 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
     const r = deps.reload();
     return reply.code(r.ok ? 200 : 422).send(r);
   });
+  app.register(queueRoutes, { prefix: '/api/v1/queues', admin: deps.queues, operator });
   return app;
 }

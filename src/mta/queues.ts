@@ -15,8 +15,11 @@ import { jobKeyString, queueName, type Job, type Outcome, type ScheduleKey, type
 import { Gcra } from './rate.js';
 import { Backoff, type BackoffAction } from './backoff.js';
 import type { Shaping, ShapingSettings } from './shaping.js';
+import type { Holds } from './holds.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** schedule entries one scan reads before yielding (entries held by an operator are read and passed over) */
+const SCAN_STEP = 5000;
 
 export interface EgressSource {
   name: string;
@@ -33,6 +36,8 @@ export class ReadyQueue {
   private readonly byMessage = new Map<string, Job[]>();
   private readonly taken = new WeakSet<Job>();
   private waiters: Array<() => void> = [];
+  /** jobs queued and not taken (entries of `jobs` past `head` may have been taken out of order) */
+  private queuedJobs = 0;
   connections = 0;
   /** connections not yet able to take a job (connecting) */
   connecting = 0;
@@ -53,11 +58,12 @@ export class ReadyQueue {
   ) {}
 
   get length(): number {
-    return this.jobs.length - this.head;
+    return this.queuedJobs;
   }
 
   push(job: Job): void {
     this.jobs.push(job);
+    this.queuedJobs++;
     this.recipients += job.rcpts.length;
     const same = this.byMessage.get(job.msgId);
     if (same) same.push(job);
@@ -90,6 +96,7 @@ export class ReadyQueue {
       if (left.length) this.byMessage.set(job.msgId, left);
       else this.byMessage.delete(job.msgId);
       this.recipients -= count;
+      this.queuedJobs -= batch.length;
       return batch;
     }
     return null;
@@ -100,6 +107,28 @@ export class ReadyQueue {
     const out: Job[] = [];
     for (let batch = this.take(Infinity); batch; batch = this.take(Infinity)) out.push(...batch);
     return out;
+  }
+
+  /** Takes out the queued jobs `pick` selects (an operator's hold or action pulls them back). */
+  remove(pick: (job: Job) => boolean): Job[] {
+    const out: Job[] = [];
+    for (let k = this.head; k < this.jobs.length; k++) {
+      const job = this.jobs[k]!;
+      if (this.taken.has(job) || !pick(job)) continue;
+      this.taken.add(job);
+      out.push(job);
+      this.recipients -= job.rcpts.length;
+      this.queuedJobs--;
+      const left = this.byMessage.get(job.msgId)!.filter((s) => s !== job);
+      if (left.length) this.byMessage.set(job.msgId, left);
+      else this.byMessage.delete(job.msgId);
+    }
+    return out;
+  }
+
+  /** The queued jobs, oldest first. */
+  *queued(): Generator<Job> {
+    for (let k = this.head; k < this.jobs.length; k++) if (!this.taken.has(this.jobs[k]!)) yield this.jobs[k]!;
   }
 
   wakeAll(): void {
@@ -130,6 +159,7 @@ interface SchedulerDeps {
   resolver: DestinationResolver;
   log: Logger;
   metrics: Metrics;
+  holds: Holds;
 }
 
 export class Scheduler {
@@ -155,6 +185,8 @@ export class Scheduler {
   private readonly connectionRate = new Gcra();
   readonly backoff: Backoff;
   private readonly wakeups = new Set<NodeJS.Timeout>();
+  /** jobs an operator failed while they were on the wire or resolving: key → the failure's response */
+  private readonly failAfter = new Map<string, string>();
 
   constructor(private readonly deps: SchedulerDeps) {
     this.shaping = deps.shaping;
@@ -163,7 +195,7 @@ export class Scheduler {
   }
 
   start(): void {
-    for (const job of this.deps.spool.due(null, Number.MAX_SAFE_INTEGER)) this.queuedRecipients += job.rcpts.length;
+    this.queuedRecipients = this.deps.spool.queues.recipients;
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
     this.scan();
   }
@@ -201,22 +233,31 @@ export class Scheduler {
     let full = false;
     // jobs of one message are adjacent in the index (same due time and id): admit them together
     let group: Job[] = [];
+    let examined = 0;
+    let more = false;
+    let lastMsgId = '';
     for (const job of this.deps.spool.due(this.cursor as ScheduleKey | null, now)) {
       if (group.length && group[0]!.msgId !== job.msgId) {
         this.admit(group);
         group = [];
       }
+      if (++examined > SCAN_STEP && job.msgId !== lastMsgId) {
+        more = true; // keep the event loop responsive when many entries are passed over
+        break;
+      }
+      lastMsgId = job.msgId;
       if (this.memRecipients + group.reduce((n, j) => n + j.rcpts.length, 0) >= limit) {
         full = true;
         break;
       }
       this.cursor = job.key;
+      if (this.deps.holds.blocking(job)) continue; // stays in the spool; holdsEnded() reads it again
       if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
     }
     if (group.length) this.admit(group);
-    this.backlog = full;
+    this.backlog = full || more;
     const next = this.deps.spool.nextDue();
-    const wait = full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
+    const wait = more ? 0 : full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
     this.timer = setTimeout(() => this.scan(), wait);
     this.timer.unref();
   }
@@ -252,6 +293,19 @@ export class Scheduler {
   }
 
   private route(job: Job, dest: Awaited<ReturnType<DestinationResolver['resolve']>>, source: EgressSource): void {
+    const doomed = this.failAfter.get(jobKeyString(job.key));
+    if (doomed !== undefined) {
+      this.failAfter.delete(jobKeyString(job.key));
+      this.failNow(job, doomed);
+      return;
+    }
+    // operator holds: held mail goes back to the spool; a held source leaves its mail to another source
+    const holds = this.deps.holds;
+    if (holds.blocking(job)) return this.release(job);
+    if (holds.namesSources && holds.blocking(job, source.name)) {
+      source = this.pickSource(job.tenant, [dest], undefined, (s) => holds.blocking(job, s) !== undefined);
+      if (holds.blocking(job, source.name)) return this.release(job); // every source is held: it waits in the spool
+    }
     if (!dest.ok) {
       const result = dest.permanent ? 'failed' : 'deferred';
       this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: dest.response })), 'dns');
@@ -291,8 +345,11 @@ export class Scheduler {
     return rq.settings;
   }
 
-  /** The next source of the tenant's pool, passing over sources suspended towards the message's site. */
-  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string): EgressSource {
+  /**
+   * The next source of the tenant's pool, passing over sources suspended towards the message's site (and
+   * those `passOver` names: held by an operator).
+   */
+  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string, passOver?: (source: string) => boolean): EgressSource {
     const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
     const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
     const site = dests.find((d) => d.ok)?.site?.key;
@@ -300,7 +357,7 @@ export class Scheduler {
     this.rotation.set(pool, n + 1);
     for (let i = 0; i < sources.length; i++) {
       const s = sources[(n + i) % sources.length]!;
-      if (s.name === skip) continue;
+      if (s.name === skip || passOver?.(s.name)) continue;
       if (!site || this.backoff.suspendedUntil(s.name, site) === null) return s;
     }
     return sources[n % sources.length]!; // every source is held back: wait on one of them
@@ -521,10 +578,16 @@ export class Scheduler {
 
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
   private finish(job: Job, outcomes: Outcome[], site: string): Promise<unknown> {
+    const doomed = this.failAfter.get(jobKeyString(job.key));
+    if (doomed !== undefined) {
+      // the operator failed this mail while it was on the wire: a deferral becomes that failure
+      this.failAfter.delete(jobKeyString(job.key));
+      outcomes = outcomes.map((o) => (o.result === 'deferred' ? { ...o, result: 'failed', response: `${doomed} (the attempt in progress got: ${o.response})` } : o));
+    }
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
     const started = performance.now();
     return this.track(
-      this.deps.spool.complete(job, outcomes).then((next) => {
+      this.deps.spool.complete(job, outcomes, doomed === undefined ? {} : { by: 'operator' }).then((next) => {
         this.deps.metrics.resultCommitSeconds.observe((performance.now() - started) / 1000);
         this.release(job);
         this.queuedRecipients -= job.rcpts.length - (next?.rcpts.length ?? 0);
@@ -553,6 +616,95 @@ export class Scheduler {
       inMemory: this.memRecipients,
       queuedRecipients: this.queuedRecipients,
     };
+  }
+
+  // ── Operator holds and actions (src/mta/queue-admin.ts drives these) ──
+
+  /** A hold started: the mail it covers leaves the ready queues (transactions on the wire finish). */
+  holdStarted(): void {
+    const holds = this.deps.holds;
+    for (const rq of this.readyQueues.values()) {
+      const pulled = rq.remove((job) => holds.blocking(job) !== undefined || holds.blocking(job, rq.source.name) !== undefined);
+      for (const job of pulled) this.route(job, { ok: true, site: rq.site }, rq.source); // back to the spool, or to another source
+    }
+  }
+
+  /** Holds ended: read the spool from the start again, so that the mail they kept back is picked up now. */
+  holdsEnded(): void {
+    this.cursor = null;
+    this.backlog = true;
+    this.requestScan();
+  }
+
+  /**
+   * Takes schedule entries out of the scheduler's hands for an operator action: entries only in the spool
+   * are reserved (the scanner passes over them), queued ones leave their ready queue. Entries being resolved
+   * or on the wire are returned as `busy`. Give the claimed ones back with `unclaim()`.
+   */
+  claim(jobs: Job[]): { claimed: Job[]; busy: Job[] } {
+    const claimed: Job[] = [];
+    const wanted = new Map<string, Job>();
+    for (const job of jobs) {
+      const k = jobKeyString(job.key);
+      if (this.inMemory.has(k)) wanted.set(k, job);
+      else {
+        this.hold(job);
+        claimed.push(job);
+      }
+    }
+    if (wanted.size) for (const rq of this.readyQueues.values()) claimed.push(...rq.remove((j) => wanted.delete(jobKeyString(j.key))));
+    return { claimed, busy: [...wanted.values()] };
+  }
+
+  /** Gives claimed entries back; `removed` recipients left the queue for good (failed). */
+  unclaim(jobs: Job[], removed: number): void {
+    for (const job of jobs) this.release(job);
+    this.queuedRecipients -= removed;
+    this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
+  }
+
+  /** Entries the operator failed while they were busy: their attempt finishes, and a deferral becomes this failure. */
+  failAfterAttempt(jobs: Job[], response: string): void {
+    for (const job of jobs) this.failAfter.set(jobKeyString(job.key), response);
+  }
+
+  /** Entries made due now behind the scanner (retry now): read them promptly. */
+  rescheduled(jobs: Job[]): void {
+    for (const job of jobs) this.rewind(job.key);
+  }
+
+  /** Fails a job held in memory without an attempt (operator's decision reached it while resolving). */
+  private failNow(job: Job, response: string): void {
+    this.track(this.deps.spool.fail([job], response).then(() => this.unclaim([job], job.rcpts.length)));
+  }
+
+  /** Every ready queue with what is queued in it and what limits it now (for the admin API). */
+  readyQueueDetails() {
+    return [...this.readyQueues.values()].map((rq) => {
+      let oldestCreatedAt: number | null = null;
+      const tenants = new Set<string>();
+      const domains = new Set<string>();
+      for (const job of rq.queued()) {
+        if (oldestCreatedAt === null || job.createdAt < oldestCreatedAt) oldestCreatedAt = job.createdAt;
+        tenants.add(job.tenant);
+        domains.add(job.domain);
+      }
+      return {
+        key: rq.key,
+        source: rq.source.name,
+        site: rq.site.key,
+        shapedDomain: rq.shapedDomain,
+        recipients: rq.recipients,
+        jobs: rq.length,
+        connections: rq.connections,
+        oldestCreatedAt,
+        tenants,
+        domains,
+        settings: this.settingsOf(rq),
+        suspendedUntil: this.backoff.suspendedUntil(rq.source.name, rq.site.key),
+        throttle: this.backoff.throttle(rq.source.name, rq.site.key),
+      };
+    });
   }
 
   /** Stops taking work, closes idle connections and waits (bounded) for open transactions to finish. */
