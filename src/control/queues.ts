@@ -53,7 +53,7 @@ export const queueRoutes: FastifyPluginAsync<QueueRoutesOptions> = async (app, {
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     const example = EXAMPLES[req.routeOptions.url?.replace(/^\/api\/v1\/queues/, '') ?? ''];
     const withExample = (m: string) => (example ? `${m}; ${example}` : m);
-    if (err instanceof QueueInputError) return send(reply, err.code === 'not_found' ? 404 : 400, err.code, withExample(err.message));
+    if (err instanceof QueueInputError) return err.code === 'not_found' ? send(reply, 404, err.code, err.message) : send(reply, 400, err.code, withExample(err.message));
     if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return send(reply, 400, 'empty_body', withExample('The request has an empty JSON body'));
     if (err.statusCode && err.statusCode < 500) return send(reply, err.statusCode, 'invalid_request', withExample(err.message));
     req.log.error({ err }, 'queue admin request failed');
