@@ -6,6 +6,7 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
+import { SMTPServer } from 'smtp-server';
 import { startSink, type Sink } from '../bench/sink.js';
 import { shapingFile, startTestNode, tempDir } from './support/node.js';
 import type { TernNode } from '../src/node.js';
@@ -18,22 +19,29 @@ let node: TernNode;
 let gate: net.Server;
 let gateOpen = false;
 const parked: net.Socket[] = [];
+/** a server that never greets */
+let tarpit: net.Server;
+/** a server that holds each message's DATA until the test answers it */
+let slow: SMTPServer;
+const slowWaiting: Array<(err?: Error) => void> = [];
 
 const smtpUsers = [
   { username: 'tenant1', password: 'secret-1', tenant: 'default' },
   { username: 'acme-user', password: 'secret-2', tenant: 'acme' },
 ];
 
-function nodeConfig(sinkPort: number, gatePort: number) {
+function nodeConfig(sinkPort: number, gatePort: number, tarpitPort = 9, slowPort = 9) {
   return {
     routes: [
       { domain: 'gated.tern.test', host: '127.0.0.1', port: gatePort },
+      { domain: 'tarpit.tern.test', host: '127.0.0.1', port: tarpitPort },
+      { domain: 'slow.tern.test', host: '127.0.0.1', port: slowPort },
       { domain: '*.tern.test', host: '127.0.0.1', port: sinkPort },
     ],
     pools: { default: { sources: [{ name: 'ip2', address: '127.0.0.2', ehlo: 'ip2.tern.test' }, { name: 'ip3', address: '127.0.0.3', ehlo: 'ip3.tern.test' }] } },
     tenants: { default: { pool: 'default' }, acme: { pool: 'default' } },
     smtp_users: smtpUsers,
-    shaping: { file: shapingFile({ domains: { 'gated.tern.test': { connections: 1, connect_timeout: '2s' } } }) },
+    shaping: { file: shapingFile({ domains: { 'gated.tern.test': { connections: 1, connect_timeout: '2s' }, 'tarpit.tern.test': { connections: 1, connect_timeout: '2s' } } }) },
     control: { admin_token: TOKEN },
     // deferred mail waits an hour unless the operator says otherwise; a silent host is not skipped for long
     retry: { schedule: ['1h'] },
@@ -54,7 +62,20 @@ beforeAll(async () => {
     socket.pipe(upstream).pipe(socket);
   });
   await new Promise<void>((r) => gate.listen(0, '127.0.0.1', r));
-  node = await startTestNode(nodeConfig(sink.port, (gate.address() as net.AddressInfo).port));
+  tarpit = net.createServer((socket) => void parked.push(socket.on('error', () => {})));
+  await new Promise<void>((r) => tarpit.listen(0, '127.0.0.1', r));
+  slow = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ['STARTTLS'],
+    logger: false,
+    onData: (stream, _session, cb) => {
+      stream.resume();
+      stream.on('end', () => slowWaiting.push(cb));
+    },
+  });
+  await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+  const port = (s: net.Server) => (s.address() as net.AddressInfo).port;
+  node = await startTestNode(nodeConfig(sink.port, port(gate), port(tarpit), port(slow.server)));
 });
 
 afterAll(async () => {
@@ -62,6 +83,9 @@ afterAll(async () => {
   await sink?.close();
   for (const s of parked) s.destroy();
   await new Promise((r) => gate?.close(r));
+  await new Promise((r) => tarpit?.close(r));
+  for (const cb of slowWaiting) cb();
+  await new Promise<void>((r) => (slow ? slow.close(() => r()) : r()));
 });
 
 async function api(method: string, path: string, body?: unknown, token: string | null = TOKEN) {
@@ -292,6 +316,29 @@ describe('fail and retry now', () => {
     expect(sink.idCounts.has('<spring-1@x>')).toBe(false);
     expect(sink.idCounts.has('<spring-2@x>')).toBe(false);
     expect(events((e) => e.queue_id === summer && e.type === 'delivered')).toHaveLength(1);
+  });
+
+  it('fails mail waiting in a ready queue, so the failing connection has nothing left to defer', async () => {
+    const qids = [await send('t1@tarpit.tern.test', '<tarpit-1@x>'), await send('t2@tarpit.tern.test', '<tarpit-2@x>')];
+    const readyRecipients = async () => (await api('GET', '/api/v1/queues?domain=tarpit.tern.test')).body.ready.reduce((n: number, q: { recipients: number }) => n + q.recipients, 0);
+    await until(async () => (await readyRecipients()) === 2, 5_000, 'two recipients in ready queues');
+    expect((await api('POST', '/api/v1/queues/fail', { domain: 'tarpit.tern.test', reason: 'no such host really' })).body).toEqual({ failed: 2, in_flight: 0 });
+    expect(await readyRecipients()).toBe(0);
+    await sleep(2500); // connect_timeout 2s
+    for (const qid of qids) expect(events((e) => e.queue_id === qid && e.type !== 'accepted').map((e) => [e.type, e.attempts])).toEqual([['failed', 0]]);
+  });
+
+  it('lets an attempt on the wire finish, and turns its deferral into the operator\'s failure', async () => {
+    const qid = await send('w@slow.tern.test', '<slow-1@x>');
+    await until(() => slowWaiting.length === 1, 10_000, 'the message data at the slow server');
+    expect((await api('POST', '/api/v1/queues/fail', { domain: 'slow.tern.test', reason: 'stop it' })).body).toEqual({ failed: 0, in_flight: 1 });
+    slowWaiting.shift()!(Object.assign(new Error('Try again later'), { responseCode: 451 }));
+    await until(() => events((e) => e.queue_id === qid && e.type === 'failed').length === 1, 5_000, 'the failure');
+    const failed = events((e) => e.queue_id === qid && e.type !== 'accepted');
+    expect(failed).toHaveLength(1);
+    expect(failed[0]).toMatchObject({ type: 'failed', attempts: 1, by: 'operator' });
+    expect(String(failed[0]!.response)).toMatch(/^554 5\.0\.0 Failed by operator: stop it \(the attempt in progress got: 451 Try again later\)$/);
+    expect((await api('GET', '/api/v1/queues?domain=slow.tern.test')).body.scheduled).toEqual([]);
   });
 
   it('fails a tenant\'s queued mail', async () => {
