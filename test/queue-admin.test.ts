@@ -286,6 +286,22 @@ describe('holds', () => {
   });
 });
 
+describe('listing', () => {
+  it('pages through the scheduled queues with limit and cursor', async () => {
+    const hold = (await api('POST', '/api/v1/queues/suspend', { campaign: 'paging', reason: 'keep them queued' })).body.hold;
+    for (const d of ['p1', 'p2', 'p3']) await injectCampaign('paging', [`a@${d}.tern.test`, `b@${d}.tern.test`], `<paging-${d}@x>`);
+    const first = (await api('GET', '/api/v1/queues?campaign=paging&limit=2')).body;
+    expect(first.scheduled.map((q: { queue: string }) => q.queue)).toEqual(['default:paging@p1.tern.test', 'default:paging@p2.tern.test']);
+    expect(first.totals).toMatchObject({ scheduled_queues: 3, scheduled_recipients: 6 });
+    expect(first.next_cursor).toEqual(expect.any(String));
+    const second = (await api('GET', `/api/v1/queues?campaign=paging&limit=2&cursor=${first.next_cursor}`)).body;
+    expect(second.scheduled.map((q: { queue: string }) => q.queue)).toEqual(['default:paging@p3.tern.test']);
+    expect(second.next_cursor).toBeNull();
+    expect((await api('POST', '/api/v1/queues/fail', { campaign: 'paging', reason: 'test over' })).body.failed).toBe(6);
+    await api('POST', '/api/v1/queues/resume', { id: hold.id });
+  });
+});
+
 describe('fail and retry now', () => {
   it('fails every queued recipient of a campaign with an operator reply, delivering none, and leaves the rest', async () => {
     const hold = (await api('POST', '/api/v1/queues/suspend', { campaign: 'spring', reason: 'check before bouncing' })).body.hold;

@@ -96,6 +96,7 @@ export class QueueAdmin {
         (rq) =>
           (filter.source === undefined || rq.source === filter.source) &&
           (filter.tenant === undefined || rq.tenants.has(filter.tenant)) &&
+          (filter.campaign === undefined || rq.campaigns.has(filter.campaign)) &&
           (domain === undefined || rq.domains.has(domain) || rq.shapedDomain === domain),
       )
       .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));

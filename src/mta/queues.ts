@@ -683,10 +683,12 @@ export class Scheduler {
     return [...this.readyQueues.values()].map((rq) => {
       let oldestCreatedAt: number | null = null;
       const tenants = new Set<string>();
+      const campaigns = new Set<string>();
       const domains = new Set<string>();
       for (const job of rq.queued()) {
         if (oldestCreatedAt === null || job.createdAt < oldestCreatedAt) oldestCreatedAt = job.createdAt;
         tenants.add(job.tenant);
+        campaigns.add(job.campaign);
         domains.add(job.domain);
       }
       return {
@@ -699,6 +701,7 @@ export class Scheduler {
         connections: rq.connections,
         oldestCreatedAt,
         tenants,
+        campaigns,
         domains,
         settings: this.settingsOf(rq),
         suspendedUntil: this.backoff.suspendedUntil(rq.source.name, rq.site.key),
