@@ -13,7 +13,7 @@ import type { Scheduler } from './queues.js';
 import { describeSettings } from './shaping.js';
 import { jobKeyString, type Job, type ScheduleKey, type Spool } from './spool.js';
 
-/** schedule entries one step of "fail" or "retry" reads, and how many it changes in one transaction */
+/** schedule entries one step of "fail" or "retry" reads, and about how many recipients it changes in one transaction */
 const WALK_STEP = 5000;
 const CHANGE_BATCH = 500;
 
@@ -260,12 +260,16 @@ export class QueueAdmin {
     let after: ScheduleKey | null = null;
     for (;;) {
       const batch: Job[] = [];
+      let recipients = 0;
       let examined = 0;
       let done = true;
       for (const job of this.deps.spool.due(after, Number.MAX_SAFE_INTEGER)) {
         after = job.key;
-        if (selects(sel, job)) batch.push(job);
-        if (batch.length >= CHANGE_BATCH || ++examined >= WALK_STEP) {
+        if (selects(sel, job)) {
+          batch.push(job);
+          recipients += job.rcpts.length;
+        }
+        if (recipients >= CHANGE_BATCH || ++examined >= WALK_STEP) {
           done = false;
           break;
         }
