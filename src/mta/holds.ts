@@ -67,7 +67,7 @@ export class Holds {
 
   /** Holds in force, oldest first (ended ones are left for `expire()` to record). */
   list(now = Date.now()): Hold[] {
-    return [...this.active.values()].filter((h) => h.until === null || h.until > now).sort((a, b) => a.since - b.since);
+    return [...this.active.values()].filter((h) => h.until === null || h.until > now).sort((a, b) => a.since - b.since || (a.id < b.id ? -1 : 1));
   }
 
   get(id: string): Hold | undefined {

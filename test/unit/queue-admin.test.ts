@@ -66,7 +66,7 @@ describe('holds', () => {
     let holds = new Holds(store);
     const now = Date.now();
     const forever = await holds.add({ domain: 'example.com' }, 'complaints', null, now);
-    const timed = await holds.add({ tenant: 'acme', source: 'ip1' }, 'blocklisted', 1000, now);
+    const timed = await holds.add({ tenant: 'acme', source: 'ip1' }, 'blocklisted', 1000, now + 1);
     await store.close();
     store = new Store(dir);
     holds = new Holds(store);
@@ -76,9 +76,9 @@ describe('holds', () => {
     expect(holds.blocking({ ...mail, domain: 'example.net' }, undefined, now)).toBeUndefined(); // a source hold does not hold the mail itself
     expect(holds.blocking({ ...mail, domain: 'example.net' }, 'ip1', now)?.id).toBe(timed.id);
     expect(holds.blocking({ ...mail, domain: 'example.net' }, 'ip2', now)).toBeUndefined();
-    expect(holds.blocking({ ...mail, domain: 'example.net' }, 'ip1', now + 1000)).toBeUndefined(); // over at `until`
-    expect(holds.nextExpiry()).toBe(now + 1000);
-    expect((await holds.expire(now + 1000)).map((h) => h.id)).toEqual([timed.id]);
+    expect(holds.blocking({ ...mail, domain: 'example.net' }, 'ip1', now + 1001)).toBeUndefined(); // over at `until`
+    expect(holds.nextExpiry()).toBe(now + 1001);
+    expect((await holds.expire(now + 1001)).map((h) => h.id)).toEqual([timed.id]);
     expect((await holds.remove([forever.id])).map((h) => h.id)).toEqual([forever.id]);
     expect(holds.list()).toEqual([]);
     expect(store.events().map((e) => [e.type, e.hold, e.expired ?? e.by ?? null])).toEqual([
