@@ -94,7 +94,6 @@ async function api(method: string, path: string, body?: unknown, token: string |
   if (body !== undefined) headers['content-type'] = 'application/json';
   const res = await fetch(`http://127.0.0.1:${node.ports.control}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await res.text();
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   return { status: res.status, body: (text ? JSON.parse(text) : null) as any };
 }
 
@@ -413,7 +412,6 @@ describe('across a restart', () => {
     const first = await startTestNode(config, { dataDir });
     const call = (n: TernNode, method: string, path: string, body?: unknown) =>
       fetch(`http://127.0.0.1:${n.ports.control}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: body ? JSON.stringify(body) : undefined }).then(
-        // eslint-disable-next-line @typescript-eslint/no-explicit-any
         async (r) => (await r.json()) as any,
       );
     let second: TernNode | undefined;
