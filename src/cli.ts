@@ -8,6 +8,7 @@ import { outboundCas } from './core/tls.js';
 import { Shaping } from './mta/shaping.js';
 import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
+import { queueCommand, QUEUE_USAGE } from './control/queue-cli.js';
 
 const DEFAULT_CONFIG = 'config/tern.yaml';
 
@@ -17,7 +18,8 @@ const USAGE = `usage:
                                       write a DKIM key and print the DNS record to publish
   tern shaping explain DOMAIN [--source NAME] [--config FILE] [--json]
                                       the shaping settings for DOMAIN from SOURCE, and where each comes from
-  tern reload [--config FILE]         make the running node re-read its shaping file (same as SIGHUP)`;
+  tern reload [--config FILE]         make the running node re-read its shaping file (same as SIGHUP)
+${QUEUE_USAGE}`;
 
 function fail(message: string): never {
   process.stderr.write(`${message}\n`);
@@ -152,6 +154,9 @@ switch (command) {
     break;
   case 'reload':
     await reload(args);
+    break;
+  case 'queue':
+    process.exitCode = await queueCommand(args, configOrExit);
     break;
   default:
     fail(USAGE);

@@ -16,6 +16,8 @@ import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-pool.js';
 import { Scheduler } from './mta/queues.js';
+import { Holds } from './mta/holds.js';
+import { QueueAdmin } from './mta/queue-admin.js';
 import { Spool } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
@@ -47,6 +49,7 @@ export class TernNode {
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
     private readonly resolver: DestinationResolver,
+    readonly queueAdmin: QueueAdmin,
     /** null when delivery.mta_sts.enabled is false */
     readonly mtaSts: MtaStsPolicies | null = null,
   ) {}
@@ -86,7 +89,9 @@ export class TernNode {
     const cas = outboundCas(config.delivery.tlsCaFile);
     const mtaSts = mtaStsPolicies(config, dns, resolver, cas, store, log);
     const tlsContext = cas ? createSecureContext({ ca: cas }) : undefined;
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, mtaSts: mtaSts ?? undefined, tlsContext });
+    const holds = new Holds(store);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, mtaSts: mtaSts ?? undefined, tlsContext });
+    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
@@ -100,6 +105,7 @@ export class TernNode {
       reload: () => nodeRef!.reloadShaping(),
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
+      queues: queueAdmin,
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -122,11 +128,12 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, mtaSts);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts);
     node.shaping = shaping;
     nodeRef = node;
     try {
       scheduler.start();
+      await queueAdmin.start();
       node.ports.submission = await submission.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
@@ -154,6 +161,7 @@ export class TernNode {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
     await this.control.close().catch(() => {});
+    this.queueAdmin.stop();
     await this.scheduler.stop();
     await this.preparer.close();
     await this.store.close();

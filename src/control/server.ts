@@ -2,6 +2,8 @@
 import crypto from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Metrics } from '../core/metrics.js';
+import type { QueueAdmin } from '../mta/queue-admin.js';
+import { queueRoutes } from './queues.js';
 
 export interface ControlDeps {
   metrics: Metrics;
@@ -13,6 +15,7 @@ export interface ControlDeps {
   backoff: { list: () => unknown[]; clear: (id: string) => boolean };
   /** warmup state of every source on a plan, or of one */
   warmup: (source?: string) => unknown[];
+  queues: QueueAdmin;
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
@@ -60,5 +63,6 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
     const r = deps.reload();
     return reply.code(r.ok ? 200 : 422).send(r);
   });
+  app.register(queueRoutes, { prefix: '/api/v1/queues', admin: deps.queues, operator });
   return app;
 }

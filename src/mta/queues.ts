@@ -18,8 +18,11 @@ import { Backoff, type BackoffAction } from './backoff.js';
 import type { Shaping, ShapingSettings } from './shaping.js';
 import type { Warmup } from './warmup.js';
 import type { MtaStsPolicies } from './mta-sts.js';
+import type { Holds } from './holds.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** schedule entries one scan reads before yielding (entries held by an operator are read and passed over) */
+const SCAN_STEP = 5000;
 
 export interface EgressSource {
   name: string;
@@ -36,6 +39,8 @@ export class ReadyQueue {
   private readonly byMessage = new Map<string, Job[]>();
   private readonly taken = new WeakSet<Job>();
   private waiters: Array<() => void> = [];
+  /** jobs queued and not taken (entries of `jobs` past `head` may have been taken out of order) */
+  private queuedJobs = 0;
   connections = 0;
   /** connections not yet able to take a job (connecting) */
   connecting = 0;
@@ -58,11 +63,12 @@ export class ReadyQueue {
   ) {}
 
   get length(): number {
-    return this.jobs.length - this.head;
+    return this.queuedJobs;
   }
 
   push(job: Job): void {
     this.jobs.push(job);
+    this.queuedJobs++;
     this.recipients += job.rcpts.length;
     const same = this.byMessage.get(job.msgId);
     if (same) same.push(job);
@@ -95,6 +101,7 @@ export class ReadyQueue {
       if (left.length) this.byMessage.set(job.msgId, left);
       else this.byMessage.delete(job.msgId);
       this.recipients -= count;
+      this.queuedJobs -= batch.length;
       return batch;
     }
     return null;
@@ -105,6 +112,28 @@ export class ReadyQueue {
     const out: Job[] = [];
     for (let batch = this.take(Infinity); batch; batch = this.take(Infinity)) out.push(...batch);
     return out;
+  }
+
+  /** Takes out the queued jobs `pick` selects (an operator's hold or action pulls them back). */
+  remove(pick: (job: Job) => boolean): Job[] {
+    const out: Job[] = [];
+    for (let k = this.head; k < this.jobs.length; k++) {
+      const job = this.jobs[k]!;
+      if (this.taken.has(job) || !pick(job)) continue;
+      this.taken.add(job);
+      out.push(job);
+      this.recipients -= job.rcpts.length;
+      this.queuedJobs--;
+      const left = this.byMessage.get(job.msgId)!.filter((s) => s !== job);
+      if (left.length) this.byMessage.set(job.msgId, left);
+      else this.byMessage.delete(job.msgId);
+    }
+    return out;
+  }
+
+  /** The queued jobs, oldest first. */
+  *queued(): Generator<Job> {
+    for (let k = this.head; k < this.jobs.length; k++) if (!this.taken.has(this.jobs[k]!)) yield this.jobs[k]!;
   }
 
   wakeAll(): void {
@@ -137,6 +166,7 @@ interface SchedulerDeps {
   metrics: Metrics;
   /** daily caps of sources on a warmup plan */
   warmup?: Warmup;
+  holds: Holds;
   /** MTA-STS policies (absent when delivery.mta_sts.enabled is false) */
   mtaSts?: MtaStsPolicies;
   /** trust for outbound certificate checks when the operator added CAs (delivery.tls_ca_file) */
@@ -177,6 +207,8 @@ export class Scheduler {
   /** due times given to mail that waits for the next warmup day */
   private readonly postponedTo = new Set<number>();
   private readonly providers = new Map<string, string | null>();
+  /** jobs an operator failed while they were on the wire or resolving: key → the failure's response */
+  private readonly failAfter = new Map<string, string>();
 
   constructor(private readonly deps: SchedulerDeps) {
     this.shaping = deps.shaping;
@@ -186,7 +218,7 @@ export class Scheduler {
   }
 
   start(): void {
-    for (const job of this.deps.spool.due(null, Number.MAX_SAFE_INTEGER)) this.queuedRecipients += job.rcpts.length;
+    this.queuedRecipients = this.deps.spool.queues.recipients;
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
     this.scan();
   }
@@ -224,22 +256,31 @@ export class Scheduler {
     let full = false;
     // jobs of one message are adjacent in the index (same due time and id): admit them together
     let group: Job[] = [];
+    let examined = 0;
+    let more = false;
+    let lastMsgId = '';
     for (const job of this.deps.spool.due(this.cursor as ScheduleKey | null, now)) {
       if (group.length && group[0]!.msgId !== job.msgId) {
         this.admit(group);
         group = [];
       }
+      if (++examined > SCAN_STEP && job.msgId !== lastMsgId) {
+        more = true; // keep the event loop responsive when many entries are passed over
+        break;
+      }
+      lastMsgId = job.msgId;
       if (this.memRecipients + group.reduce((n, j) => n + j.rcpts.length, 0) >= limit) {
         full = true;
         break;
       }
       this.cursor = job.key;
+      if (this.deps.holds.blocking(job)) continue; // stays in the spool; holdsEnded() reads it again
       if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
     }
     if (group.length) this.admit(group);
-    this.backlog = full;
+    this.backlog = full || more;
     const next = this.deps.spool.nextDue();
-    const wait = full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
+    const wait = more ? 0 : full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
     this.timer = setTimeout(() => this.scan(), wait);
     this.timer.unref();
   }
@@ -345,6 +386,20 @@ export class Scheduler {
   }
 
   private route(job: Job, dest: Destination, source: EgressSource): void {
+    const doomed = this.failAfter.get(jobKeyString(job.key));
+    if (doomed !== undefined) {
+      this.failAfter.delete(jobKeyString(job.key));
+      this.failNow(job, doomed);
+      return;
+    }
+    // operator holds: held mail goes back to the spool; a held source leaves its mail to another source
+    const holds = this.deps.holds;
+    if (holds.blocking(job)) return this.release(job);
+    if (holds.namesSources && holds.blocking(job, source.name)) {
+      const other = this.pickSource(job.tenant, [dest], undefined, this.needsOf([job], [dest]), (s) => holds.blocking(job, s) !== undefined);
+      if (!other || holds.blocking(job, other.name)) return this.release(job); // every source is held: it waits in the spool
+      source = other;
+    }
     if (!dest.ok) {
       const result = dest.permanent ? 'failed' : 'deferred';
       this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: dest.response })), 'dns');
@@ -413,9 +468,10 @@ export class Scheduler {
 
   /**
    * The next source of the tenant's pool that has warmup room for `needs`, passing over sources suspended
-   * towards the message's site. Null when no source has room today.
+   * towards the message's site (and those `passOver` names: held by an operator). Null when no source has
+   * room today.
    */
-  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string, needs: Need[] = []): EgressSource | null {
+  private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string, needs: Need[] = [], passOver?: (source: string) => boolean): EgressSource | null {
     const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
     const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
     const site = dests.find((d) => d.ok)?.site?.key;
@@ -424,7 +480,7 @@ export class Scheduler {
     let suspended: EgressSource | null = null;
     for (let i = 0; i < sources.length; i++) {
       const s = sources[(n + i) % sources.length]!;
-      if (s.name === skip) continue;
+      if (s.name === skip || passOver?.(s.name)) continue;
       if (needs.length && !this.deps.warmup!.fits(s.name, needs)) continue;
       if (!site || this.backoff.suspendedUntil(s.name, site) === null) return s;
       suspended ??= s;
@@ -669,10 +725,16 @@ export class Scheduler {
   /** Records outcomes; frees the job's memory slot once the spool has committed them. */
   private finish(job: Job, outcomes: Outcome[], site: string): Promise<unknown> {
     this.unreserve(job);
+    const doomed = this.failAfter.get(jobKeyString(job.key));
+    if (doomed !== undefined) {
+      // the operator failed this mail while it was on the wire: a deferral becomes that failure
+      this.failAfter.delete(jobKeyString(job.key));
+      outcomes = outcomes.map((o) => (o.result === 'deferred' ? { ...o, result: 'failed', response: `${doomed} (the attempt in progress got: ${o.response})` } : o));
+    }
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
     const started = performance.now();
     return this.track(
-      this.deps.spool.complete(job, outcomes).then((next) => {
+      this.deps.spool.complete(job, outcomes, doomed === undefined ? {} : { by: 'operator' }).then((next) => {
         this.deps.metrics.resultCommitSeconds.observe((performance.now() - started) / 1000);
         this.release(job);
         this.queuedRecipients -= job.rcpts.length - (next?.rcpts.length ?? 0);
@@ -701,6 +763,98 @@ export class Scheduler {
       inMemory: this.memRecipients,
       queuedRecipients: this.queuedRecipients,
     };
+  }
+
+  // ── Operator holds and actions (src/mta/queue-admin.ts drives these) ──
+
+  /** A hold started: the mail it covers leaves the ready queues (transactions on the wire finish). */
+  holdStarted(): void {
+    const holds = this.deps.holds;
+    for (const rq of this.readyQueues.values()) {
+      const pulled = rq.remove((job) => holds.blocking(job) !== undefined || holds.blocking(job, rq.source.name) !== undefined);
+      for (const job of pulled) this.route(job, { ok: true, site: rq.site }, rq.source); // back to the spool, or to another source
+    }
+  }
+
+  /** Holds ended: read the spool from the start again, so that the mail they kept back is picked up now. */
+  holdsEnded(): void {
+    this.cursor = null;
+    this.backlog = true;
+    this.requestScan();
+  }
+
+  /**
+   * Takes schedule entries out of the scheduler's hands for an operator action: entries only in the spool
+   * are reserved (the scanner passes over them), queued ones leave their ready queue. Entries being resolved
+   * or on the wire are returned as `busy`. Give the claimed ones back with `unclaim()`.
+   */
+  claim(jobs: Job[]): { claimed: Job[]; busy: Job[] } {
+    const claimed: Job[] = [];
+    const wanted = new Map<string, Job>();
+    for (const job of jobs) {
+      const k = jobKeyString(job.key);
+      if (this.inMemory.has(k)) wanted.set(k, job);
+      else {
+        this.hold(job);
+        claimed.push(job);
+      }
+    }
+    if (wanted.size) for (const rq of this.readyQueues.values()) claimed.push(...rq.remove((j) => wanted.delete(jobKeyString(j.key))));
+    return { claimed, busy: [...wanted.values()] };
+  }
+
+  /** Gives claimed entries back; `removed` recipients left the queue for good (failed). */
+  unclaim(jobs: Job[], removed: number): void {
+    for (const job of jobs) this.release(job);
+    this.queuedRecipients -= removed;
+    this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
+  }
+
+  /** Entries the operator failed while they were busy: their attempt finishes, and a deferral becomes this failure. */
+  failAfterAttempt(jobs: Job[], response: string): void {
+    for (const job of jobs) this.failAfter.set(jobKeyString(job.key), response);
+  }
+
+  /** Entries made due now behind the scanner (retry now): read them promptly. */
+  rescheduled(jobs: Job[]): void {
+    for (const job of jobs) this.rewind(job.key);
+  }
+
+  /** Fails a job held in memory without an attempt (operator's decision reached it while resolving). */
+  private failNow(job: Job, response: string): void {
+    this.track(this.deps.spool.fail([job], response).then(() => this.unclaim([job], job.rcpts.length)));
+  }
+
+  /** Every ready queue with what is queued in it and what limits it now (for the admin API). */
+  readyQueueDetails() {
+    return [...this.readyQueues.values()].map((rq) => {
+      let oldestCreatedAt: number | null = null;
+      const tenants = new Set<string>();
+      const campaigns = new Set<string>();
+      const domains = new Set<string>();
+      for (const job of rq.queued()) {
+        if (oldestCreatedAt === null || job.createdAt < oldestCreatedAt) oldestCreatedAt = job.createdAt;
+        tenants.add(job.tenant);
+        campaigns.add(job.campaign);
+        domains.add(job.domain);
+      }
+      return {
+        key: rq.key,
+        source: rq.source.name,
+        site: rq.site.key,
+        shapedDomain: rq.shapedDomain,
+        recipients: rq.recipients,
+        jobs: rq.length,
+        connections: rq.connections,
+        oldestCreatedAt,
+        tenants,
+        campaigns,
+        domains,
+        settings: this.settingsOf(rq),
+        suspendedUntil: this.backoff.suspendedUntil(rq.source.name, rq.site.key),
+        throttle: this.backoff.throttle(rq.source.name, rq.site.key),
+      };
+    });
   }
 
   /** Stops taking work, closes idle connections and waits (bounded) for open transactions to finish. */

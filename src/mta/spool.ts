@@ -8,12 +8,18 @@
  *   spool.bodies     msgId → raw bytes (signed, CRLF, ready to send)
  *   spool.recipients [msgId, i] → RecipientRecord
  *   spool.schedule   [dueAt, msgId, domain, firstIndex] → ScheduleEntry   (one per message × domain group)
+ *
+ * A message has at most one schedule entry per domain at a time, due at the `nextAt` of that domain's
+ * queued recipients: so one message's entries are found from its recipient records, without a scan.
  */
 import crypto from 'node:crypto';
 import type { Database } from 'lmdb';
 import type { Store, Tx } from '../core/store.js';
 import { domainOf } from './address.js';
 import { nextAttempt, type RetryPolicy } from './retry.js';
+import { ScheduledQueues, queueName } from './queue-stats.js';
+
+export { queueName };
 
 export type ScheduleKey = [dueAt: number, msgId: string, domain: string, first: number];
 
@@ -39,7 +45,24 @@ export interface RecipientRecord {
   last: string | null;
   queue: string;
   updatedAt: number;
+  /** the latest attempts and operator actions, oldest first, at most HISTORY_LIMIT */
+  history?: HistoryEntry[];
 }
+
+/** One step in a recipient's life, kept with its state so that inspecting a message reads no events. */
+export interface HistoryEntry {
+  at: number;
+  type: 'deferred' | 'delivered' | 'failed' | 'expired' | 'retried';
+  /** the attempt it records (attempts made so far, for operator actions) */
+  attempt: number;
+  response?: string;
+  mx?: string;
+  source?: string;
+  /** set for operator actions */
+  by?: 'operator';
+}
+
+export const HISTORY_LIMIT = 10;
 
 interface ScheduleEntry {
   tenant: string;
@@ -87,7 +110,6 @@ export interface AcceptInput {
   user?: string;
 }
 
-export const queueName = (tenant: string, campaign: string, domain: string) => `${tenant}:${campaign}@${domain}`;
 export const jobKeyString = (k: ScheduleKey) => `${k[0]}|${k[1]}|${k[2]}|${k[3]}`;
 
 let idCounter = crypto.randomInt(0, 36 ** 4);
@@ -104,12 +126,15 @@ export class Spool {
   private readonly bodies: Database<Buffer, string>;
   private readonly recipients: Database<RecipientRecord, [string, number]>;
   private readonly schedule: Database<ScheduleEntry, ScheduleKey>;
+  /** depth of every scheduled queue, updated as each change commits (one pass over the index at start) */
+  readonly queues = new ScheduledQueues();
 
   constructor(private readonly store: Store, private readonly retry: RetryPolicy) {
     this.messages = store.db('spool.messages');
     this.bodies = store.db('spool.bodies', { encoding: 'binary' });
     this.recipients = store.db('spool.recipients');
     this.schedule = store.db('spool.schedule');
+    for (const job of this.due(null, Number.MAX_SAFE_INTEGER)) this.queues.add(job);
   }
 
   /**
@@ -173,6 +198,7 @@ export class Spool {
         user: input.user,
       });
     });
+    for (const job of jobs) this.queues.add(job);
     await this.store.durable();
     return { msgId, jobs };
   }
@@ -218,23 +244,32 @@ export class Spool {
    * are rescheduled by the retry policy or expire. Returns the rescheduled job, if any.
    */
   async complete(job: Job, outcomes: Outcome[], extra: Record<string, unknown> = {}): Promise<Job | null> {
-    return this.store.transact((tx) => this.completeIn(tx, job, outcomes, extra));
+    const next = await this.store.transact((tx) => this.completeIn(tx, job, outcomes, extra, true));
+    this.queues.remove(job);
+    if (next) this.queues.add(next);
+    return next;
   }
 
-  private completeIn(tx: Tx, job: Job, outcomes: Outcome[], extra: Record<string, unknown>): Job | null {
+  /**
+   * `attempted` false: the outcomes are an operator's decision, not the result of a delivery attempt, so the
+   * attempt count stays.
+   */
+  private completeIn(tx: Tx, job: Job, outcomes: Outcome[], extra: Record<string, unknown>, attempted: boolean): Job | null {
     const now = Date.now();
     const byIndex = new Map(outcomes.map((o) => [o.i, o]));
     const queue = queueName(job.tenant, job.campaign, job.domain);
     const again: JobRecipient[] = [];
+    const untried: JobRecipient[] = [];
     let finals = 0;
     let decision: ReturnType<typeof nextAttempt> | null = null;
     for (const r of job.rcpts) {
       const o = byIndex.get(r.i);
       if (!o) {
         again.push(r); // not attempted (e.g. the connection went away first): keep it, attempt not counted
+        untried.push(r);
         continue;
       }
-      const attempts = r.attempts + 1;
+      const attempts = r.attempts + (attempted ? 1 : 0);
       let status: RecipientStatus;
       let type: string;
       let nextAt: number | null = null;
@@ -254,7 +289,10 @@ export class Spool {
         type = o.result;
       }
       if (status !== 'queued') finals++;
-      this.recipients.put([job.msgId, r.i], { to: r.to, status, attempts, nextAt, last: o.response, queue, updatedAt: now });
+      const step: HistoryEntry = { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
+      if (extra.by === 'operator') step.by = 'operator';
+      const history = withStep(this.recipients.get([job.msgId, r.i])?.history, step);
+      this.recipients.put([job.msgId, r.i], { to: r.to, status, attempts, nextAt, last: o.response, queue, updatedAt: now, history });
       tx.event(type, {
         at: now,
         queue_id: job.msgId,
@@ -282,6 +320,11 @@ export class Spool {
     const dueAt = decision && !decision.expire ? decision.at : now;
     const next: Job = { ...job, key: [dueAt, job.msgId, job.domain, again[0]!.i], rcpts: again };
     this.schedule.put(next.key, entryOf(next));
+    // keep "one entry per message and domain, due at its recipients' nextAt" (see the top of this file)
+    for (const r of untried) {
+      const rec = this.recipients.get([job.msgId, r.i]);
+      if (rec) this.recipients.put([job.msgId, r.i], { ...rec, nextAt: dueAt });
+    }
     return next;
   }
 
@@ -313,6 +356,61 @@ export class Spool {
   /** Drops a schedule entry whose message is already finished (its body is gone). */
   async discard(job: Job): Promise<void> {
     await this.store.transact(() => this.schedule.remove(job.key));
+    this.queues.remove(job);
+  }
+
+  /**
+   * An operator's "fail": every recipient of `jobs` gets a final `failed` result with `response`, without an
+   * attempt being counted, with its `failed` event, in one transaction.
+   */
+  async fail(jobs: Job[], response: string): Promise<void> {
+    if (!jobs.length) return;
+    await this.store.transact((tx) => {
+      for (const job of jobs) this.completeIn(tx, job, job.rcpts.map((r) => ({ i: r.i, result: 'failed', response })), { by: 'operator' }, false);
+    });
+    for (const job of jobs) this.queues.remove(job);
+  }
+
+  /** An operator's "retry now": `jobs` become due at `at`, attempts unchanged. Returns them with their new keys. */
+  async reschedule(jobs: Job[], at: number): Promise<Job[]> {
+    const moved = jobs.map((job): Job => ({ ...job, key: [at, job.msgId, job.domain, job.key[3]] }));
+    if (!jobs.length) return moved;
+    await this.store.transact(() => {
+      jobs.forEach((job, n) => {
+        this.schedule.remove(job.key);
+        this.schedule.put(moved[n]!.key, entryOf(moved[n]!));
+        for (const r of job.rcpts) {
+          const rec = this.recipients.get([job.msgId, r.i]);
+          if (!rec) continue;
+          const history = withStep(rec.history, { at, type: 'retried', attempt: rec.attempts, by: 'operator' });
+          this.recipients.put([job.msgId, r.i], { ...rec, nextAt: at, updatedAt: at, history });
+        }
+      });
+    });
+    for (const job of jobs) this.queues.remove(job);
+    for (const job of moved) this.queues.add(job);
+    return moved;
+  }
+
+  /** The schedule entries of one message: one per domain that still has queued recipients. */
+  jobsOf(msgId: string): Job[] {
+    const groups = new Map<string, { dueAt: number; domain: string; first: number; count: number }>();
+    for (const r of this.recipientStates(msgId)) {
+      if (r.status !== 'queued' || r.nextAt === null) continue;
+      const domain = domainOf(r.to);
+      const g = groups.get(domain);
+      if (g) g.count++;
+      else groups.set(domain, { dueAt: r.nextAt, domain, first: r.i, count: 1 });
+    }
+    const jobs: Job[] = [];
+    for (const g of groups.values()) {
+      const key: ScheduleKey = [g.dueAt, msgId, g.domain, g.first];
+      const entry = this.schedule.get(key);
+      if (entry) jobs.push({ key, msgId, domain: g.domain, ...entry });
+    }
+    if (jobs.length === groups.size) return jobs;
+    // records written before the invariant held: look the entries up the slow way
+    return [...this.due(null, Number.MAX_SAFE_INTEGER)].filter((job) => job.msgId === msgId);
   }
 
   /** Deletes finished messages (and their recipient records) created before `before`. */
@@ -332,6 +430,12 @@ export class Spool {
     });
     return done.length;
   }
+}
+
+function withStep(history: HistoryEntry[] | undefined, step: HistoryEntry): HistoryEntry[] {
+  for (const k of Object.keys(step) as Array<keyof HistoryEntry>) if (step[k] === undefined) delete step[k];
+  const out = history ? [...history, step] : [step];
+  return out.length > HISTORY_LIMIT ? out.slice(out.length - HISTORY_LIMIT) : out;
 }
 
 function entryOf(job: Job): ScheduleEntry {
