@@ -357,7 +357,7 @@ export class Scheduler {
     const at = this.deps.warmup!.nextDayAt();
     this.postponedTo.add(at);
     this.deps.metrics.warmupPostponed.inc(job.rcpts.length);
-    this.track(this.deps.spool.postpone(job, at).then(() => this.release(job)));
+    this.track(this.deps.spool.reschedule([job], at, { type: 'postponed', by: 'warmup' }).then(() => this.release(job)));
   }
 
   /** A new warmup day: mail that waited for it is due now (it would be anyway, unless the calendar was moved). */
@@ -365,7 +365,8 @@ export class Scheduler {
     const now = Date.now();
     for (const at of this.postponedTo) {
       if (at <= now) continue;
-      for (const job of this.deps.spool.dueBetween(at, at)) this.track(this.deps.spool.postpone(job, now).then((next) => this.rewind(next)));
+      const jobs = [...this.deps.spool.dueBetween(at, at)];
+      this.track(this.deps.spool.reschedule(jobs, now, { type: 'postponed', by: 'warmup' }).then((moved) => moved.forEach((job) => this.rewind(job.key))));
     }
     this.postponedTo.clear();
   }

@@ -52,14 +52,14 @@ export interface RecipientRecord {
 /** One step in a recipient's life, kept with its state so that inspecting a message reads no events. */
 export interface HistoryEntry {
   at: number;
-  type: 'deferred' | 'delivered' | 'failed' | 'expired' | 'retried';
+  type: 'deferred' | 'delivered' | 'failed' | 'expired' | 'retried' | 'postponed';
   /** the attempt it records (attempts made so far, for operator actions) */
   attempt: number;
   response?: string;
   mx?: string;
   source?: string;
-  /** set for operator actions */
-  by?: 'operator';
+  /** set for actions that were not delivery attempts: the operator's, or warmup holding mail for a day */
+  by?: 'operator' | 'warmup';
 }
 
 export const HISTORY_LIMIT = 10;
@@ -336,23 +336,6 @@ export class Spool {
     }
   }
 
-  /**
-   * Moves a job to a new due time without counting an attempt (mail held back by the node itself, e.g.
-   * waiting for a warmup day). Returns the new schedule key.
-   */
-  async postpone(job: Job, dueAt: number): Promise<ScheduleKey> {
-    const key: ScheduleKey = [dueAt, job.msgId, job.domain, job.key[3]];
-    await this.store.transact(() => {
-      this.schedule.remove(job.key);
-      this.schedule.put(key, entryOf(job));
-      for (const r of job.rcpts) {
-        const rec = this.recipients.get([job.msgId, r.i]);
-        if (rec && rec.status === 'queued') this.recipients.put([job.msgId, r.i], { ...rec, nextAt: dueAt, updatedAt: Date.now() });
-      }
-    });
-    return key;
-  }
-
   /** Drops a schedule entry whose message is already finished (its body is gone). */
   async discard(job: Job): Promise<void> {
     await this.store.transact(() => this.schedule.remove(job.key));
@@ -372,9 +355,10 @@ export class Spool {
   }
 
   /** An operator's "retry now": `jobs` become due at `at`, attempts unchanged. Returns them with their new keys. */
-  async reschedule(jobs: Job[], at: number): Promise<Job[]> {
+  async reschedule(jobs: Job[], at: number, step: Pick<HistoryEntry, 'type' | 'by'> = { type: 'retried', by: 'operator' }): Promise<Job[]> {
     const moved = jobs.map((job): Job => ({ ...job, key: [at, job.msgId, job.domain, job.key[3]] }));
     if (!jobs.length) return moved;
+    const now = Math.min(at, Date.now());
     await this.store.transact(() => {
       jobs.forEach((job, n) => {
         this.schedule.remove(job.key);
@@ -382,8 +366,8 @@ export class Spool {
         for (const r of job.rcpts) {
           const rec = this.recipients.get([job.msgId, r.i]);
           if (!rec) continue;
-          const history = withStep(rec.history, { at, type: 'retried', attempt: rec.attempts, by: 'operator' });
-          this.recipients.put([job.msgId, r.i], { ...rec, nextAt: at, updatedAt: at, history });
+          const history = withStep(rec.history, { at: now, attempt: rec.attempts, ...step });
+          this.recipients.put([job.msgId, r.i], { ...rec, nextAt: at, updatedAt: now, history });
         }
       });
     });
