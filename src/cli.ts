@@ -9,6 +9,8 @@ import { Shaping } from './mta/shaping.js';
 import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { queueCommand, QUEUE_USAGE } from './control/queue-cli.js';
+import { controlClient } from './control/client.js';
+import type { WarmupStatus } from './mta/warmup.js';
 
 const DEFAULT_CONFIG = 'config/tern.yaml';
 
@@ -19,6 +21,8 @@ const USAGE = `usage:
   tern shaping explain DOMAIN [--source NAME] [--config FILE] [--json]
                                       the shaping settings for DOMAIN from SOURCE, and where each comes from
   tern reload [--config FILE]         make the running node re-read its shaping file (same as SIGHUP)
+  tern warmup [SOURCE] [--config FILE] [--json]
+                                      warmup state of the sources on a plan: day, cap, sent today, per provider
 ${QUEUE_USAGE}`;
 
 function fail(message: string): never {
@@ -112,6 +116,33 @@ async function reload(argv: string[]): Promise<void> {
   if (!res.ok) process.exit(1);
 }
 
+async function warmup(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean', default: false } } });
+  if (positionals.length > 1) fail(USAGE);
+  const api = controlClient(configOrExit(values.config), 'tern warmup');
+  let sources: WarmupStatus[];
+  try {
+    sources = positionals[0] ? [(await api('GET', `/api/v1/warmup/${encodeURIComponent(positionals[0])}`)) as WarmupStatus] : ((await api('GET', '/api/v1/warmup')) as { sources: WarmupStatus[] }).sources;
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  if (values.json) {
+    process.stdout.write(JSON.stringify(positionals[0] ? sources[0] : { sources }, null, 2) + '\n');
+    return;
+  }
+  if (!sources.length) {
+    process.stdout.write('no source is on a warmup plan\n');
+    return;
+  }
+  const cap = (n: number | null) => (n === null ? 'none' : String(n));
+  const lines = [`${'SOURCE'.padEnd(16)}${'PLAN'.padEnd(16)}${'STATE'.padEnd(13)}${'DAY'.padEnd(6)}${'CAP'.padEnd(10)}${'SENT'.padEnd(10)}${'RESERVED'.padEnd(10)}LAST SENT`];
+  for (const s of sources) {
+    lines.push(`${s.source.padEnd(16)}${s.plan.padEnd(16)}${s.state.padEnd(13)}${String(s.day).padEnd(6)}${cap(s.cap).padEnd(10)}${String(s.sent_today).padEnd(10)}${String(s.reserved).padEnd(10)}${s.last_sent ?? '-'}`);
+    for (const [p, v] of Object.entries(s.providers)) lines.push(`${''.padEnd(16)}${`  ${p}`.padEnd(35)}${cap(v.cap).padEnd(10)}${String(v.sent_today).padEnd(10)}${v.reserved}`);
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
 function dkim(argv: string[]): void {
   const [sub, ...rest] = argv;
   if (sub !== 'keygen') fail(USAGE);
@@ -154,6 +185,9 @@ switch (command) {
     break;
   case 'reload':
     await reload(args);
+    break;
+  case 'warmup':
+    await warmup(args);
     break;
   case 'queue':
     process.exitCode = await queueCommand(args, configOrExit);

@@ -3,10 +3,13 @@
  * the warm source of its pool; the count survives a restart; a new (simulated) day raises the cap; a pool
  * with no warm source keeps the overflow queued until the next day.
  */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { runLoad } from '../bench/loadgen.js';
 import { startSink, type Sink } from '../bench/sink.js';
-import { startTestNode, tempDir } from './support/node.js';
+import { ROOT, startTestNode, tempDir, testConfigDoc, writeYaml } from './support/node.js';
 import type { TernNode } from '../src/node.js';
 
 const TOKEN = 'warmup-test-operator-token-0123';
@@ -108,4 +111,13 @@ it('keeps mail queued when no source of the pool has room, and sends it when the
   expect(await status('ip4')).toMatchObject({ day: 2, cap: 8, sent_today: 2 });
   // the same roll ended ip2's plan (two days, both sent on): it is warm and uncapped
   expect(await status('ip2')).toMatchObject({ day: 3, cap: null, state: 'warm' });
+});
+
+it('shows the warmup state with `tern warmup`', async () => {
+  const config = writeYaml(path.join(tempDir(), 'tern.yaml'), testConfigDoc(tempDir(), { listeners: { control: { port: node.ports.control } }, control: { admin_token: TOKEN } }));
+  const run = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(ROOT, 'bin/tern.js'), 'warmup', ...args, '--config', config], { cwd: ROOT, env: { ...process.env, TERN_ADMIN_TOKEN: '' } });
+  const json = JSON.parse((await run('--json')).stdout) as { sources: Array<{ source: string; state: string }> };
+  expect(json.sources.map((s) => [s.source, s.state])).toEqual([['ip2', 'warm'], ['ip4', 'warming']]);
+  const table = (await run('ip4')).stdout;
+  expect(table).toMatch(/^ip4\s+tiny\s+warming\s+2\s+8\s+2\s+0\s+\d{4}-\d\d-\d\d$/m);
 });

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { Config } from '../core/config.js';
+import { controlClient } from './client.js';
 
 export const QUEUE_USAGE = `  tern queue list [--tenant T] [--campaign C] [--domain D] [--source S] [--limit N] [--cursor X] [--json]
                                       scheduled and ready queues: depth, age, limits, holds
@@ -21,10 +22,6 @@ export const QUEUE_USAGE = `  tern queue list [--tenant T] [--campaign C] [--dom
   (every queue command takes --config FILE to find the node's control listener and operator token)`;
 
 class UsageError extends Error {}
-
-interface ApiError {
-  error: { code: string; message: string };
-}
 
 const SELECTOR_OPTIONS = ['tenant', 'campaign', 'domain', 'source'] as const;
 
@@ -57,7 +54,7 @@ export async function queueCommand(argv: string[], config: (file: string | undef
   }
   const { values: v, positionals } = parsed;
   const selectors = Object.fromEntries(SELECTOR_OPTIONS.filter((k) => v[k] !== undefined).map((k) => [k, v[k]!]));
-  const api = client(config(v.config));
+  const api = controlClient(config(v.config), 'tern queue');
   try {
     switch (sub) {
       case 'list': {
@@ -116,33 +113,6 @@ function print(json: boolean | undefined, out: unknown, text: () => string): num
 }
 
 /** Calls the node's control listener with the operator token; an error answer becomes a thrown sentence. */
-function client(config: Config) {
-  const host = config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host;
-  const base = `http://${host.includes(':') ? `[${host}]` : host}:${config.control.port}`;
-  return async (method: string, path: string, body?: unknown): Promise<unknown> => {
-    if (!config.adminToken) throw new Error('tern queue: set control.admin_token in the config or TERN_ADMIN_TOKEN in the environment');
-    let res: Response;
-    try {
-      res = await fetch(base + path, {
-        method,
-        headers: { authorization: `Bearer ${config.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
-    } catch (err) {
-      throw new Error(`tern queue: no node answers on ${base}: ${(err as Error).message}`);
-    }
-    const text = await res.text();
-    let out: unknown;
-    try {
-      out = JSON.parse(text);
-    } catch {
-      throw new Error(`tern queue: the node answered ${res.status} with something that is not JSON: ${text.slice(0, 200)}`);
-    }
-    if (!res.ok) throw new Error(`tern queue: ${(out as ApiError).error?.message ?? text} (${res.status})`);
-    return out;
-  };
-}
-
 // ── human-readable output ──
 
 interface HoldOut {
