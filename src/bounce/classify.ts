@@ -195,6 +195,7 @@ const STATUS_IN_TEXT = /(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)/;
 const VALID_STATUS = /^[245]\.\d{1,3}\.\d{1,3}$/;
 const LEADING_CODE = /^([2-5]\d\d)(?=[\s-]|$)/;
 const CONTINUATION = /^\s*(\d{3})[- ](?:[245]\.\d{1,3}\.\d{1,3}\s+)?/;
+const MULTILINE_START = /^([2-5]\d\d)-(?:([245]\.\d{1,3}\.\d{1,3}) )?/;
 const MAX_TEXT = 4000;
 
 /**
@@ -211,8 +212,12 @@ export function normalizeReplyText(text: string): string {
       if (m && m[1] === code) lines[i] = lines[i]!.slice(m[0].length);
     }
   }
-  // a multi-line reply folded into one line by the reporting MTA: "… Please try 550-5.1.1 double-checking …"
-  return lines.join(' ').replace(/\s[2-5]\d\d-[245]\.\d{1,3}\.\d{1,3}(?=\s)/g, ' ').replace(/\s+/g, ' ').trim();
+  let joined = lines.join(' ');
+  // a multi-line reply folded into one line by the reporting MTA: "550-5.1.1 … Please try 550-5.1.1 double-checking
+  // … go to 550 5.1.1 https://…": the repeated prefixes go, the last line's (with a space) included
+  const multi = MULTILINE_START.exec(joined);
+  if (multi) joined = joined.split(` ${multi[1]}-${multi[2] ?? ''}`).join(' ').split(` ${multi[1]} ${multi[2] ?? ''}`).join(' ');
+  return joined.replace(/\s+/g, ' ').trim();
 }
 
 /** Classifies one remote reply (or one DSN recipient). Pure; the rules' regular expressions are precompiled. */

@@ -8,6 +8,7 @@
  * an order of magnitude more CPU per DSN than this reader (see bench/RESULTS.md).
  */
 import { DEFAULT_MIME_LIMITS, decodeCharset, decodeHeader, decodeTransfer, htmlToText, parseHeaderBlock, partText, readHeaders, walkMessage, type Headers, type MimeLimits, type Part } from './mime.js';
+import { normalizeReplyText } from './classify.js';
 import { cutAtOriginal, readPlainBounce, type TextRecipient } from './plaintext.js';
 
 export type ReportKind = 'dsn' | 'arf' | 'autoreply' | 'unknown';
@@ -102,7 +103,7 @@ export function addressOf(value: string | null | undefined): string | null {
   const angle = ANGLE.exec(v);
   if (angle) return angle[1]!.trim() || null;
   const bare = BARE_ADDRESS.exec(v);
-  return bare ? bare[0] : v && !/\s/.test(v) && v.length <= 254 ? v : null;
+  return bare ? bare[0] : null;
 }
 
 function clip(v: string | null, max = MAX_FIELD): string | null {
@@ -142,7 +143,8 @@ function readDeliveryStatus(part: Part, limits: MimeLimits): { recipients: Repor
     const final = f.get('final-recipient');
     const original = f.get('original-recipient');
     if (!final && !original && !f.get('action')) continue; // the per-message block
-    const diagnostic = typed(f.get('diagnostic-code'));
+    const rawDiagnostic = f.get('diagnostic-code');
+    const diagnostic = rawDiagnostic ? clip(normalizeReplyText(rawDiagnostic)) : null;
     const status = STATUS_START.exec(f.get('status') ?? '')?.[1] ?? (diagnostic ? STATUS_IN.exec(diagnostic)?.[1] : null) ?? null;
     const code = diagnostic ? (CODE_START.exec(diagnostic)?.[1] ?? null) : null;
     recipients.push({
@@ -151,7 +153,8 @@ function readDeliveryStatus(part: Part, limits: MimeLimits): { recipients: Repor
       status,
       reply_code: code ? Number(code) : null,
       diagnostic,
-      remote_mta: typed(f.get('remote-mta')),
+      // "dns; aspmx.l.google.com. (142.250.102.26, the server for …)" → the host name
+      remote_mta: typed(f.get('remote-mta'))?.split(/[\s(]/)[0]!.replace(/\.$/, '') || null,
       original_recipient: addressOf(original),
     });
   }
@@ -289,7 +292,9 @@ export function parseReport(raw: Uint8Array, opts: ParseOptions = {}): Report {
     return report('arf', addresses.map((address) => ({ address, action: null, status: null, reply_code: null, diagnostic: null, remote_mta: null, original_recipient: null })), feedback, 'arf');
   }
 
-  const bounceSignature = BOUNCE_SENDER.test(from) || BOUNCE_SUBJECT.test(subject) || /^\s*<\s*>\s*$/.test(root.get('return-path') ?? '');
+  // a bounce by its sender or subject; a null Return-Path alone is not enough (auto-replies have one too)
+  const bounceSignature = BOUNCE_SENDER.test(from) || BOUNCE_SUBJECT.test(subject);
+  const nullSender = /^\s*<\s*>\s*$/.test(root.get('return-path') ?? '');
   if (dsnPart) {
     const { recipients, envid } = readDeliveryStatus(dsnPart, limits);
     if (!original.ref && envid) original.ref = envid;
@@ -311,7 +316,7 @@ export function parseReport(raw: Uint8Array, opts: ParseOptions = {}): Report {
     return report('unknown', [], null, 'delivery-status part without recipient fields');
   }
 
-  const plain = text ? readPlainBounce(text, bounceSignature) : null;
+  const plain = text ? readPlainBounce(text, bounceSignature || nullSender) : null;
   if (plain) return report('dsn', plain.recipients.map(fromText), null, `plain-text ${plain.mta}`);
   if (bounceSignature) return report('unknown', [], null, 'looks like a bounce, but no recipient could be read from it');
 

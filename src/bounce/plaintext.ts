@@ -28,6 +28,16 @@ const STATUS = /(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)/;
 const CODE_BEFORE_STATUS = /(?<!\d)([245]\d\d)[ -]\s?[245]\.\d{1,3}\.\d{1,3}/;
 const CODE = /(?:^|[\s'"(:;=<])([245]\d\d)(?=[\s:;,-]|$)/m;
 const MAX_DIAGNOSTIC = 1000;
+const REPLY_END = String.raw`'?\s*(?:\(in reply to [^)]{1,60}\)|Giving up on |$)`;
+/** Wordings that introduce the remote server's reply, most specific first; group 1 is the reply. */
+const REPLY_STARTS = [
+  String.raw`SMTP error from remote (?:mail )?server (?:after|for) [^:]{1,60}:(?:<[^<>\s]{1,254}>:)?`,
+  String.raw`Remote Server returned`,
+  String.raw`The (?:response|error that the other server returned)(?: from the remote server)? was:`,
+  String.raw`(?:Remote host )?said:`,
+  String.raw`\(?reason:`,
+  String.raw`<<<`,
+].map((start) => new RegExp(`${start}\\s*'?(.{3,}?)${REPLY_END}`, 'i'));
 
 /** Where the returned copy of the original message starts in the text (nothing after it is the bounce's own). */
 const ORIGINAL_COPY =
@@ -43,15 +53,19 @@ const DELAY = /has not yet been delivered|not been delivered yet|delivery (?:has
 /** Status, reply code, diagnostic and remote MTA from the text about one recipient. */
 export function smtpFacts(block: string): Omit<TextRecipient, 'address' | 'action'> {
   const text = block.replace(/\s+/g, ' ').trim();
-  // the remote reply, when the wording says where it starts
-  const said =
-    /(?:said|Remote host said|Remote Server returned|The response(?: from the remote server)? was|The error that the other server returned was|SMTP error from remote (?:mail server|server) after [^:]{1,60}:|reason|<<<)\s*:?\s*'?(.{3,}?)'?\s*(?:\(in reply to [^)]{1,60}\)|Giving up on |$)/i.exec(text);
-  let diagnostic = said ? said[1]!.trim() : text;
+  // the remote reply, when the wording says where it starts (most specific wording first)
+  let diagnostic = text;
+  for (const re of REPLY_STARTS) {
+    const m = re.exec(text);
+    if (m) {
+      diagnostic = m[1]!.trim();
+      break;
+    }
+  }
   // Exim repeats "host mx [ip]:" before the reply
-  diagnostic = diagnostic
-    .replace(/^host \S{1,255} \[[0-9a-f.:]{3,45}\]:?\s*/i, '')
-    .replace(/^<[^<>\s]{1,254}>:?\s*/, '')
-    .replace(/\)$/, (p) => (diagnostic.includes('(') ? p : '')); // "(reason: 550 …)" leaves its ")" behind
+  diagnostic = diagnostic.replace(/^host \S{1,255} \[[0-9a-f.:]{3,45}\]:?\s*/i, '').replace(/^<[^<>\s]{1,254}>:?\s*/, '');
+  // "(reason: 550 …)" leaves its ")" behind
+  if (diagnostic.endsWith(')') && !diagnostic.includes('(')) diagnostic = diagnostic.slice(0, -1);
   if (diagnostic.length > MAX_DIAGNOSTIC) diagnostic = diagnostic.slice(0, MAX_DIAGNOSTIC);
   const status = STATUS.exec(diagnostic)?.[1] ?? STATUS.exec(text)?.[1] ?? null;
   const codeText = CODE_BEFORE_STATUS.exec(diagnostic)?.[1] ?? CODE.exec(diagnostic)?.[1] ?? null;
@@ -127,7 +141,8 @@ const exchange: Reader = (text, action) => {
     const about = at >= 0 ? diag.slice(at + address.length, at + address.length + 1500) : '';
     const next = about.search(ADDRESS);
     const words = about.slice(0, next > 40 ? next : undefined);
-    const returned = /Remote Server returned '([^']{3,1000})'|#([245]\.\d{1,3}\.\d{1,3} smtp;[^>#]{3,1000})|<[^>#]{1,255}#([245]\.\d{1,3}\.\d{1,3}[^>]{0,1000})>/i.exec(words || list);
+    // "Remote Server returned '550 …'" (2010 and later), "#550 5.2.2 … ##", "<mx #5.1.1 smtp;550 …>" (2007)
+    const returned = /Remote Server returned '([^']{3,1000})'|#([245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}[^#]{1,1000})#|#([245]\.\d{1,3}\.\d{1,3} smtp;[^>#]{3,1000})/i.exec(words || list);
     const block = returned ? (returned[1] ?? returned[2] ?? returned[3]!) : list;
     const r = recipient(address, block, action);
     if (returned) r.diagnostic = block.replace(/^[245]\.\d{1,3}\.\d{1,3} smtp;\s*/i, '').replace(/\s+/g, ' ').trim();
@@ -198,7 +213,7 @@ const angleBlocks: Reader = (text, action) => {
 /** An SMTP session transcript (MDaemon, Courier, Sendmail): "RCPT To:<a@b>" and the reply after it. */
 const transcript: Reader = (text, action) => {
   const out: TextRecipient[] = [];
-  for (const m of text.matchAll(/RCPT TO:\s*<([^<>\s]{1,254})>[^\n]*\n(?:\s*<<<)?\s*([245]\d\d[ -][^\n]{0,1000})/gi)) {
+  for (const m of text.matchAll(/RCPT TO:\s*<([^<>\s]{1,254})>[^\n]*\n[^\n]{0,80}?(?:<<<|<--|^)\s*([245]\d\d[ -][^\n]{0,1000})/gim)) {
     if (!ADDRESS.test(m[1]!) || out.some((r) => r.address === m[1])) continue;
     out.push(recipient(m[1]!, `said: ${m[2]}`, action));
     if (out.length >= 100) break;
