@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import YAML from 'yaml';
-import { ConfigError, schemaProblems } from '../core/config.js';
+import { ConfigError, schemaProblems, SHIPPED_BOUNCE_RULES_FILE } from '../core/config.js';
 
 /** The bounce taxonomy of DESIGN.md (the widely used open bounce-reason set). */
 export const CATEGORIES = [
@@ -53,7 +53,8 @@ const RuleDoc = Type.Object(
   {
     name: Type.String({ minLength: 1 }),
     status: Type.Optional(OneOrMany(StatusPattern)),
-    code: Type.Optional(OneOrMany(CodePattern)),
+    // flat, so that a bad value is reported with what a code looks like
+    code: Type.Optional(Type.Union([...CodePattern.anyOf, Type.Array(CodePattern, { minItems: 1 })])),
     class: Type.Optional(Type.Union([Type.Literal(2), Type.Literal(4), Type.Literal(5), Type.Array(Type.Union([Type.Literal(2), Type.Literal(4), Type.Literal(5)]), { minItems: 1 })])),
     text: Type.Optional(Type.String({ minLength: 1 })),
     category: Type.String(),
@@ -88,8 +89,7 @@ export interface BounceRules {
   readonly files: readonly string[];
 }
 
-/** config/bounce-rules.yaml of this installation. */
-export const SHIPPED_BOUNCE_RULES_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'bounce-rules.yaml');
+export { SHIPPED_BOUNCE_RULES_FILE };
 
 const PATTERN_HINTS = {
   [STATUS_PATTERN]: 'an enhanced status code; write it like "5.1.1", or "4.7.*" for any detail',
