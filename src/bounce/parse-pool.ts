@@ -17,6 +17,7 @@ export interface BounceParserOptions extends ParseOptions {
 
 interface Job {
   raw: Uint8Array;
+  deadlineMs: number;
   resolve: (r: Report) => void;
 }
 
@@ -77,7 +78,7 @@ class ParserThread {
     const job = this.queue.shift();
     if (!job) return;
     const id = ++this.nextId;
-    const timer = setTimeout(() => this.expire(), this.options.deadlineMs);
+    const timer = setTimeout(() => this.expire(job.deadlineMs), job.deadlineMs);
     this.current = { id, job, timer };
     // a copy of the bytes that will be read, moved (not copied again) to the thread
     const copy = new Uint8Array(Math.min(job.raw.byteLength, this.options.maxBytes));
@@ -85,13 +86,13 @@ class ParserThread {
     this.worker.postMessage({ id, raw: copy }, [copy.buffer]);
   }
 
-  private expire(): void {
+  private expire(deadlineMs: number): void {
     const old = this.worker;
     // the thread may be stuck in the parse: nothing more goes to it, a new one takes the queue
     this.ready = false;
     if (!this.closed) this.spawn();
     void old.terminate();
-    this.finish(unknownReport(`parsing took longer than ${this.options.deadlineMs} ms; stopped`));
+    this.finish(unknownReport(`parsing took longer than ${deadlineMs} ms; stopped`));
   }
 
   async close(): Promise<void> {
@@ -104,6 +105,7 @@ class ParserThread {
 
 export class BounceParser {
   private readonly threads: ParserThread[];
+  private readonly deadlineMs: number;
 
   constructor(options: BounceParserOptions = {}) {
     const opts: Required<BounceParserOptions> = {
@@ -113,16 +115,21 @@ export class BounceParser {
       maxBytes: options.maxBytes ?? DEFAULT_MAX_BYTES,
       maxDepth: options.maxDepth ?? 12,
     };
+    this.deadlineMs = opts.deadlineMs;
     const url = new URL(import.meta.url.endsWith('.ts') ? './parse-worker-boot.mjs' : './parse-worker.js', import.meta.url);
     this.threads = Array.from({ length: opts.threads }, () => new ParserThread(url, opts));
   }
 
-  /** Parses one raw message. Never rejects: a failure or a blown deadline gives an `unknown` report saying why. */
-  parse(raw: Uint8Array): Promise<Report> {
+  /**
+   * Parses one raw message. Never rejects: a failure or a blown deadline gives an `unknown` report saying why.
+   * The deadline (default: the parser's) runs from when a thread takes the message, not while it waits.
+   */
+  parse(raw: Uint8Array, opts: { deadlineMs?: number } = {}): Promise<Report> {
+    const deadlineMs = opts.deadlineMs ?? this.deadlineMs;
     let t = this.threads[0]!;
     for (const c of this.threads) if (c.load < t.load) t = c;
     return new Promise((resolve) => {
-      t.queue.push({ raw, resolve });
+      t.queue.push({ raw, deadlineMs, resolve });
       t.next();
     });
   }
