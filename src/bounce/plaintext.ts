@@ -28,6 +28,7 @@ const STATUS = /(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?!\.?\d)/;
 const CODE_BEFORE_STATUS = /(?<!\d)([245]\d\d)[ -]\s?[245]\.\d{1,3}\.\d{1,3}/;
 const CODE = /(?:^|[\s'"(:;=<])([245]\d\d)(?=[\s:;,-]|$)/m;
 const MAX_DIAGNOSTIC = 1000;
+const MAX_BLOCK = 4000;
 const REPLY_END = String.raw`'?\s*(?:\(in reply to [^)]{1,60}\)|Giving up on |$)`;
 /** Wordings that introduce the remote server's reply, most specific first; group 1 is the reply. */
 const REPLY_STARTS = [
@@ -52,7 +53,8 @@ const DELAY = /has not yet been delivered|not been delivered yet|delivery (?:has
 
 /** Status, reply code, diagnostic and remote MTA from the text about one recipient. */
 export function smtpFacts(block: string): Omit<TextRecipient, 'address' | 'action'> {
-  const text = block.replace(/\s+/g, ' ').trim();
+  // what a server says about one recipient fits in a few lines; more is quoted mail
+  const text = (block.length > MAX_BLOCK ? block.slice(0, MAX_BLOCK) : block).replace(/\s+/g, ' ').trim();
   // the remote reply, when the wording says where it starts (most specific wording first)
   let diagnostic = text;
   for (const re of REPLY_STARTS) {
@@ -117,7 +119,7 @@ function indentedList(body: string, action: 'failed' | 'delayed'): TextRecipient
       flush();
       current = { address: m[1]!, indent, lines: [] };
     } else if (current) {
-      current.lines.push(line);
+      if (current.lines.length < 40) current.lines.push(line);
     } else if (out.length) {
       break; // text after the list
     }
