@@ -57,6 +57,13 @@ class ParserThread {
     worker.on('error', () => {}); // reported through 'exit'
     worker.on('exit', (code) => {
       if (worker !== this.worker) return;
+      if (!this.ready) {
+        // it died before it could take a message (a broken install, no memory): the queued messages are
+        // answered now, and the next thread starts a second later rather than in a tight loop
+        for (const job of this.queue.splice(0)) job.resolve(unknownReport(`parser thread could not start (exit code ${code})`));
+        if (!this.closed) setTimeout(() => !this.closed && this.spawn(), 1000).unref();
+        return;
+      }
       this.finish(unknownReport(`parser thread exited with code ${code}`));
       if (!this.closed) this.spawn();
     });

@@ -279,7 +279,7 @@ export function parseReport(raw: Uint8Array, opts: ParseOptions = {}): Report {
     for (const source of [fullText, originalPart?.body.slice(0, MAX_TEXT) ?? '']) for (const m of source.matchAll(VERP_LIKE)) addCandidate(m[0]);
     return { kind, recipients, feedback, original, envelopeCandidates: candidates, detail: withNote(detail) };
   };
-  const reportType = (walk.parts.length ? parseReportType(root) : null) ?? '';
+  const reportType = parseReportType(root);
 
   if (feedbackPart || reportType === 'feedback-report') {
     if (!feedbackPart) return report('unknown', [], null, 'multipart/report of type feedback-report without a message/feedback-report part');

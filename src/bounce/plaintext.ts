@@ -52,7 +52,7 @@ export function cutAtOriginal(text: string): string {
 const DELAY = /has not yet been delivered|not been delivered yet|delivery (?:has been |is )?delayed|will (?:continue|keep) (?:trying|to try|retrying)|will retry|delay reason|\(delay\)|temporarily deferred|still trying/i;
 
 /** Status, reply code, diagnostic and remote MTA from the text about one recipient. */
-export function smtpFacts(block: string): Omit<TextRecipient, 'address' | 'action'> {
+function smtpFacts(block: string): Omit<TextRecipient, 'address' | 'action'> {
   // what a server says about one recipient fits in a few lines; more is quoted mail
   const text = (block.length > MAX_BLOCK ? block.slice(0, MAX_BLOCK) : block).replace(/\s+/g, ' ').trim();
   // the remote reply, when the wording says where it starts (most specific wording first)

@@ -245,6 +245,15 @@ describe('BounceParser (parsing threads with a deadline)', () => {
     expect([a.kind, b.kind]).toEqual(['dsn', 'arf']);
   });
 
+  it('answers unknown, without waiting, when a thread cannot even start', async () => {
+    const starved = new BounceParser({ maxHeapMb: 1 });
+    try {
+      expect(await starved.parse(read('postfix-dsn-userunknown.eml'))).toMatchObject({ kind: 'unknown', detail: expect.stringMatching(/parser thread could not start/) });
+    } finally {
+      await starved.close();
+    }
+  });
+
   it('leaves the caller\'s buffer as it was', async () => {
     const raw = read('arf-yahoo.eml');
     const copy = Buffer.from(raw);
