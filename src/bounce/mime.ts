@@ -286,12 +286,28 @@ export function decodeHeader(raw: string): string {
     });
 }
 
+/** `html` without style, script and head elements (an unclosed one ends the text). Linear in the input. */
+function dropInvisible(html: string): string {
+  const lower = html.toLowerCase();
+  const open = /<(style|script|head)\b/g;
+  let out = '';
+  let pos = 0;
+  for (let m = open.exec(lower); m; m = open.exec(lower)) {
+    out += html.slice(pos, m.index);
+    const close = lower.indexOf(`</${m[1]}`, m.index);
+    if (close < 0) return out;
+    const end = lower.indexOf('>', close);
+    pos = end < 0 ? html.length : end + 1;
+    open.lastIndex = pos;
+  }
+  return out + html.slice(pos);
+}
+
 /** Visible text of an HTML part: tags, styles and scripts removed, a few entities decoded, line breaks kept. */
 export function htmlToText(html: string): string {
-  return html
-    .replace(/<(style|script|head)\b[^>]{0,1000}>[\s\S]{0,200000}?<\/\1\s*>/gi, ' ')
-    .replace(/<(?:br|\/p|\/div|\/tr|\/li|\/h[1-6]|p|div|tr|li|table)\b[^>]{0,1000}>/gi, '\n')
-    .replace(/<[^>]{0,2000}>/g, '')
+  return dropInvisible(html)
+    .replace(/<(?:br|\/p|\/div|\/tr|\/li|\/h[1-6]|p|div|tr|li|table)\b[^<>]{0,1000}>/gi, '\n')
+    .replace(/<[^<>]{0,2000}>/g, '')
     .replace(/&(nbsp|amp|lt|gt|quot|apos|#\d{1,6}|#x[0-9a-f]{1,6});/gi, (_m, e: string) => {
       const named: Record<string, string> = { nbsp: ' ', amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
       const low = e.toLowerCase();

@@ -156,7 +156,7 @@ const exchange: Reader = (text, action) => {
 const gmail: Reader = (text, action) => {
   const to = /(?:(?:wasn.t|was not|hasn.t been|has not been) delivered|problem delivering your message) to ([^\s<>@]+@[^\s<>]+?)(?=[\s.,]|$)/i.exec(text);
   if (!to) return [];
-  const said = /The response(?: from the remote server)? was:\s*([\s\S]{3,1500}?)(?:\n\s*\n|$)/i.exec(text);
+  const said = /The response(?: from the remote server)? was:\s*([\s\S]{3,1500}?)(?:\n[ \t]*\n|$)/i.exec(text);
   return [recipient(to[1]!, said ? `said: ${said[1]}` : text.slice(0, 1500), action)];
 };
 
@@ -168,7 +168,7 @@ const exim: Reader = (text, action) => {
 
 /** Lotus Domino: "was not delivered to: … because: …". */
 const domino: Reader = (text, action) => {
-  const m = /was not delivered to:\s*\n([\s\S]{1,5000}?)\n\s*because:\s*\n\s*([^\n]{1,1000})/i.exec(text);
+  const m = /was not delivered to:\s*\n([\s\S]{1,5000}?)\n[ \t]*because:\s*\n\s*([^\n]{1,1000})/i.exec(text);
   if (!m) return [];
   return [...m[1]!.matchAll(ADDRESS_G)].slice(0, 100).map((a) => recipient(a[0], m[2]!, action));
 };
