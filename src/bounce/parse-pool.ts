@@ -29,7 +29,7 @@ class ParserThread {
   private current: { id: number; job: Job; timer: NodeJS.Timeout; started: number } | null = null;
   readonly queue: Job[] = [];
   private nextId = 0;
-  private closed = false;
+  closed = false;
 
   constructor(
     private readonly url: URL,
@@ -140,6 +140,7 @@ export class BounceParser {
     const deadlineMs = opts.deadlineMs ?? this.deadlineMs;
     let t = this.threads[0]!;
     for (const c of this.threads) if (c.load < t.load) t = c;
+    if (t.closed) return Promise.resolve(unknownReport('parser closed'));
     return new Promise((resolve) => {
       t.queue.push({ raw, deadlineMs, resolve });
       t.next();
