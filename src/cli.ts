@@ -1,4 +1,5 @@
 /** `tern` command line: start a node, manage DKIM keys. */
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './core/config.js';
@@ -11,6 +12,11 @@ import { DestinationResolver } from './mta/destination.js';
 import { queueCommand, QUEUE_USAGE } from './control/queue-cli.js';
 import { controlClient } from './control/client.js';
 import type { WarmupStatus } from './mta/warmup.js';
+import { loadBounceRules } from './bounce/classify.js';
+import { DEFAULT_MAX_BYTES } from './bounce/parse.js';
+import { BounceParser } from './bounce/parse-pool.js';
+import { attributeReport, classifyReport, reportLine } from './bounce/report.js';
+import { loadVerpKeys, VerpCodec } from './bounce/verp.js';
 
 const DEFAULT_CONFIG = 'config/tern.yaml';
 
@@ -23,6 +29,8 @@ const USAGE = `usage:
   tern reload [--config FILE]         make the running node re-read its shaping file (same as SIGHUP)
   tern warmup [SOURCE] [--config FILE] [--json]
                                       warmup state of the sources on a plan: day, cap, sent today, per provider
+  tern bounce parse FILE... | - [--config FILE]
+                                      one JSON line per message: kind, recipients with category, feedback, attribution
 ${QUEUE_USAGE}`;
 
 function fail(message: string): never {
@@ -172,6 +180,75 @@ function dkim(argv: string[]): void {
   );
 }
 
+/** The first `max` bytes of a file or of stdin (the parser reads no more); the rest of stdin is drained. */
+async function readMessage(file: string, max: number): Promise<Buffer> {
+  if (file === '-') {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+      if (size < max) chunks.push(chunk);
+      size += chunk.length;
+    }
+    return Buffer.concat(chunks).subarray(0, max);
+  }
+  const handle = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(max);
+    const { bytesRead } = await handle.read(buf, 0, max, 0);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * `tern bounce parse FILE... | -`: one JSON line per input, in input order. A file that cannot be read still
+ * gets its line (kind "unknown"), the reason goes to stderr and the exit status is 1.
+ */
+async function bounce(argv: string[]): Promise<void> {
+  const [sub, ...rest] = argv;
+  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { config: { type: 'string', short: 'c' } } });
+  if (sub !== 'parse' || positionals.length === 0) fail(USAGE);
+  if (positionals.filter((p) => p === '-').length > 1) fail('tern bounce parse: "-" (stdin) holds one message; give it once');
+  const config = configOrExit(values.config);
+  let rules;
+  let codec: VerpCodec | null = null;
+  try {
+    rules = loadBounceRules(config.bounce.rulesFile);
+    // attribution needs the node's VERP key; the command never makes one
+    const keys = loadVerpKeys(config.dataDir);
+    codec = keys ? new VerpCodec(keys) : null;
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  const parser = new BounceParser();
+  let unreadable = false;
+  const handle = async (file: string): Promise<string> => {
+    let raw: Buffer;
+    try {
+      raw = await readMessage(file, DEFAULT_MAX_BYTES);
+    } catch (err) {
+      unreadable = true;
+      process.stderr.write(`tern bounce parse: cannot read ${file}: ${(err as Error).message}\n`);
+      return JSON.stringify({ file, kind: 'unknown', recipients: [], feedback: null, attribution: null });
+    }
+    const report = classifyReport(await parser.parse(raw), rules);
+    const attribution = codec
+      ? attributeReport(report, codec, { onRejected: (candidate, why) => process.stderr.write(`tern bounce parse: ${file}: ignored a ${why} VERP address or ref: ${candidate}\n`) })
+      : null;
+    return JSON.stringify(reportLine(file, report, attribution));
+  };
+  // a few messages in flight, lines written in input order
+  const inFlight: Array<Promise<string>> = [];
+  let next = 0;
+  while (next < positionals.length || inFlight.length) {
+    while (next < positionals.length && inFlight.length < 8) inFlight.push(handle(positionals[next++]!));
+    process.stdout.write((await inFlight.shift()!) + '\n');
+  }
+  await parser.close();
+  process.exitCode = unreadable ? 1 : 0;
+}
+
 const [command, ...args] = process.argv.slice(2);
 switch (command) {
   case 'start':
@@ -191,6 +268,9 @@ switch (command) {
     break;
   case 'queue':
     process.exitCode = await queueCommand(args, configOrExit);
+    break;
+  case 'bounce':
+    await bounce(args);
     break;
   default:
     fail(USAGE);

@@ -1,5 +1,5 @@
 /** The `tern` command as an operator runs it. */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -129,5 +129,105 @@ describe('tern shaping explain and reload', () => {
       child.proc.kill('SIGTERM');
       await child.exited;
     }
+  });
+});
+
+describe('tern bounce parse', () => {
+  const FIXTURES = path.join(ROOT, 'test/fixtures/bounces');
+  /** runs the command with `stdin` on its standard input */
+  const parse = (args: string[], stdin = '') =>
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [path.join(ROOT, 'bin/tern.js'), 'bounce', 'parse', ...args], { cwd: ROOT });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d) => (stdout += d));
+      child.stderr.on('data', (d) => (stderr += d));
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+      child.stdin.end(stdin);
+    });
+  const configWithKey = (key: string | null) => {
+    const dir = tempDir();
+    const dataDir = path.join(dir, 'data');
+    if (key) {
+      fs.mkdirSync(path.join(dataDir, 'keys'), { recursive: true });
+      fs.writeFileSync(path.join(dataDir, 'keys', 'verp.key'), key, { mode: 0o600 });
+    }
+    return { config: writeYaml(path.join(dir, 'tern.yaml'), testConfigDoc(dataDir)), dataDir };
+  };
+  // the key the fixtures' VERP addresses were made with (test/fixtures/bounces/README.md)
+  const FIXTURE_KEY = Buffer.from('tern-bounce-fixtures-test-key-01').toString('hex');
+
+  it('prints one JSON line per message, in input order, with stdin as "-", attributing by VERP and X-Tern-Ref', async () => {
+    const { config } = configWithKey(FIXTURE_KEY);
+    const files = ['postfix-dsn-userunknown.eml', 'arf-microsoft-jmrp.eml', '-', 'autoreply-rfc3834-en.eml', 'human-reply.eml', 'postfix-dsn-mixed.eml'];
+    const r = await parse(['--config', config, ...files.map((f) => (f === '-' ? f : path.join(FIXTURES, f)))], fs.readFileSync(path.join(FIXTURES, 'exim-plain-userunknown.eml'), 'latin1'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => [path.basename(l.file), l.kind])).toEqual([
+      ['postfix-dsn-userunknown.eml', 'dsn'],
+      ['arf-microsoft-jmrp.eml', 'arf'],
+      ['-', 'dsn'],
+      ['autoreply-rfc3834-en.eml', 'autoreply'],
+      ['human-reply.eml', 'unknown'],
+      ['postfix-dsn-mixed.eml', 'dsn'],
+    ]);
+    expect(lines[0]).toEqual({
+      file: path.join(FIXTURES, 'postfix-dsn-userunknown.eml'),
+      kind: 'dsn',
+      recipients: [
+        {
+          address: 'nobody@example.net',
+          action: 'failed',
+          status: '5.1.1',
+          reply_code: 550,
+          diagnostic: '550 5.1.1 <nobody@example.net>: Recipient address rejected: User unknown in virtual mailbox table',
+          remote_mta: 'mx.example.net',
+          category: 'userunknown',
+          hard: true,
+        },
+      ],
+      feedback: null,
+      attribution: { message_id: '0mi3k5q2a0001Qx-z', recipient: 1 },
+    });
+    expect(lines[1]).toMatchObject({ feedback: { type: 'abuse', user_agent: 'Microsoft Junk Mail Reporting Program', original_rcpt: 'reader.two@hotmail.com' }, attribution: { message_id: '0mi3k6000001zK7w-', recipient: 7 } });
+    expect(lines[2]).toMatchObject({ recipients: [{ address: 'j.bloggs@example.co.uk', category: 'userunknown', hard: true }], attribution: { message_id: '0mi3k5q2a0002Qx-z', recipient: 0 } });
+    expect(lines[3]).toMatchObject({ recipients: [{ category: 'vacation', hard: false }], feedback: null });
+    expect(lines[4]).toEqual({ file: path.join(FIXTURES, 'human-reply.eml'), kind: 'unknown', recipients: [], feedback: null, attribution: null });
+    expect(lines[5].recipients.map((x: { category: string }) => x.category)).toEqual(['blocked', 'mailboxfull']);
+  });
+
+  it('ignores a forged VERP address, saying so on stderr', async () => {
+    const { config } = configWithKey(FIXTURE_KEY);
+    const r = await parse(['--config', config, path.join(FIXTURES, 'forged-verp-dsn.eml')]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ kind: 'dsn', attribution: null });
+    expect(r.stderr).toMatch(/forged-verp-dsn\.eml: ignored a forged VERP address or ref: b-caazve25gmzaaaabimp3galblnbkswcsw7qfjcy@bounce\.sender\.example/);
+  });
+
+  it('still prints a line for a file it cannot read, and exits 1; without a VERP key it attributes nothing and makes no key', async () => {
+    const { config, dataDir } = configWithKey(null);
+    const r = await parse(['--config', config, '/nonexistent/bounce.eml', path.join(FIXTURES, 'postfix-dsn-userunknown.eml')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot read \/nonexistent\/bounce\.eml/);
+    const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l));
+    expect(lines[0]).toEqual({ file: '/nonexistent/bounce.eml', kind: 'unknown', recipients: [], feedback: null, attribution: null });
+    expect(lines[1]).toMatchObject({ kind: 'dsn', attribution: null });
+    expect(fs.existsSync(path.join(dataDir, 'keys'))).toBe(false);
+  });
+
+  it('uses the bounce rules named in the config', async () => {
+    const { config } = configWithKey(null);
+    const rules = path.join(path.dirname(config), 'rules.yaml');
+    fs.writeFileSync(rules, 'include_shipped: true\nrules:\n  - name: mx-example-net\n    text: "virtual mailbox table"\n    category: filtered\n');
+    const doc = YAML.parse(fs.readFileSync(config, 'utf8'));
+    doc.bounce = { rules_file: 'rules.yaml' };
+    writeYaml(config, doc);
+    const r = await parse(['--config', config, path.join(FIXTURES, 'postfix-dsn-userunknown.eml')]);
+    expect(JSON.parse(r.stdout).recipients[0]).toMatchObject({ category: 'filtered', hard: false });
+    fs.writeFileSync(rules, 'rules:\n  - name: x\n    category: usrunknown\n');
+    const bad = await parse(['--config', config, path.join(FIXTURES, 'postfix-dsn-userunknown.eml')]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/bounce-rules: rules\[0\]\.category: "usrunknown" is not a category/);
   });
 });

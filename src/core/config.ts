@@ -130,6 +130,7 @@ export const ConfigSchema = Strict({
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
   control: Strict({ admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })) }),
   shaping: Strict({ file: Type.Optional(Type.String({ minLength: 1, description: 'shaping rules; default: the shipped config/shaping.yaml' })) }),
+  bounce: Strict({ rules_file: Type.Optional(Type.String({ minLength: 1, description: 'bounce classification rules; default: the shipped config/bounce-rules.yaml' })) }),
   warmup: Strict({
     file: Type.Optional(Type.String({ minLength: 1, description: 'warmup plans; default: the shipped config/warmup.yaml' })),
     plans: Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { default: {}, description: 'more plans (same shape as in the file; these win)' }),
@@ -139,6 +140,8 @@ export const ConfigSchema = Strict({
 
 /** config/shaping.yaml of this installation, used when the config names no shaping file. */
 export const SHIPPED_SHAPING_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'shaping.yaml');
+/** config/bounce-rules.yaml of this installation, used when the config names no bounce rules file. */
+export const SHIPPED_BOUNCE_RULES_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'bounce-rules.yaml');
 /** config/warmup.yaml of this installation, used when the config names no warmup file. */
 export const SHIPPED_WARMUP_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'warmup.yaml');
 
@@ -173,6 +176,7 @@ export interface Config {
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
   shapingFile: string;
+  bounce: { rulesFile: string };
   warmup: { file: string; plans: Record<string, unknown>; idleResetDays: number };
   /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
   adminToken: string | null;
@@ -293,6 +297,8 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
   }
   const shapingFile = raw.shaping.file ? fromConfig(raw.shaping.file) : SHIPPED_SHAPING_FILE;
   if (!fs.existsSync(shapingFile)) problems.push(`shaping.file: ${shapingFile} does not exist`);
+  const bounceRulesFile = raw.bounce.rules_file ? fromConfig(raw.bounce.rules_file) : SHIPPED_BOUNCE_RULES_FILE;
+  if (!fs.existsSync(bounceRulesFile)) problems.push(`bounce.rules_file: ${bounceRulesFile} does not exist`);
   const warmupFile = raw.warmup.file ? fromConfig(raw.warmup.file) : SHIPPED_WARMUP_FILE;
   if (!fs.existsSync(warmupFile)) problems.push(`warmup.file: ${warmupFile} does not exist`);
   for (const [pool, p] of Object.entries(raw.pools))
@@ -340,6 +346,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },
     shapingFile,
+    bounce: { rulesFile: bounceRulesFile },
     warmup: { file: warmupFile, plans: raw.warmup.plans, idleResetDays: Math.max(1, Math.round(parseDuration(raw.warmup.idle_reset) / 86_400_000)) },
     adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
   };
