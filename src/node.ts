@@ -24,6 +24,9 @@ import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
+import { loadBounceRules, type BounceRules } from './bounce/classify.js';
+import { SuppressionList } from './bounce/suppression.js';
+import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -31,6 +34,13 @@ export interface NodeOptions {
   inlinePrepare?: boolean;
   /** the warmup calendar's clock (tests move it to simulate days) */
   clock?: () => number;
+}
+
+/** What classifies and attributes bounces and complaints, and the suppression lists they feed. */
+export interface BounceParts {
+  rules: BounceRules;
+  verp: VerpCodec;
+  suppressions: SuppressionList;
 }
 
 export class TernNode {
@@ -51,7 +61,8 @@ export class TernNode {
     private readonly resolver: DestinationResolver,
     readonly queueAdmin: QueueAdmin,
     /** null when delivery.mta_sts.enabled is false */
-    readonly mtaSts: MtaStsPolicies | null = null,
+    readonly mtaSts: MtaStsPolicies | null,
+    readonly bounces: BounceParts,
   ) {}
 
   shaping!: Shaping;
@@ -89,6 +100,12 @@ export class TernNode {
     const cas = outboundCas(config.delivery.tlsCaFile);
     const mtaSts = mtaStsPolicies(config, dns, resolver, cas, store, log);
     const tlsContext = cas ? createSecureContext({ ca: cas }) : undefined;
+    const bounces: BounceParts = {
+      rules: loadBounceRules(config.bounce.rulesFile),
+      // every node that sends for a bounce domain must share this key (a bounce may come back to another node)
+      verp: new VerpCodec(loadOrCreateVerpKeys(config.dataDir)),
+      suppressions: new SuppressionList(store, { softLimit: config.bounce.softBounceLimit, softWindowMs: config.bounce.softBounceWindowMs }),
+    };
     const holds = new Holds(store);
     const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, mtaSts: mtaSts ?? undefined, tlsContext });
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
@@ -128,7 +145,7 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     nodeRef = node;
     try {

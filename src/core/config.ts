@@ -42,6 +42,19 @@ const SubmissionListener = Strict({
 
 const ControlListener = Strict({ host: Host('127.0.0.1'), port: Port(8025) });
 
+const InboundListener = Strict({
+  host: Host('127.0.0.1'),
+  port: Port(2525),
+  tls: Type.Optional(TlsFiles),
+  max_message_size: Size('25MB', 'larger reports are refused with 552'),
+  max_connections_per_ip: Type.Integer({ minimum: 1, default: 20 }),
+  max_connections: Type.Integer({ minimum: 1, default: 500 }),
+  idle_timeout: Duration('1m', 'close a session idle this long'),
+  data_timeout: Duration('5m', 'longest a client may take to send one message'),
+});
+
+const DomainName = Type.String({ pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$' });
+
 const SmtpUser = Type.Object(
   { username: Type.String({ minLength: 1 }), password: Type.String({ minLength: 1 }), tenant: Type.String({ minLength: 1 }) },
   { additionalProperties: false },
@@ -90,7 +103,7 @@ export const ConfigSchema = Strict({
     level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
     file: Type.Optional(Type.String({ description: 'write logs here instead of stdout' })),
   }),
-  listeners: Strict({ submission: SubmissionListener, control: ControlListener }),
+  listeners: Strict({ submission: SubmissionListener, control: ControlListener, inbound: InboundListener }),
   relay: Strict({ trusted_networks: Type.Array(Type.String(), { default: [] }) }),
   smtp_users: Type.Array(SmtpUser, { default: [] }),
   dns: Strict({
@@ -101,7 +114,7 @@ export const ConfigSchema = Strict({
   pools: Type.Record(Type.String({ minLength: 1 }), Strict({ sources: Type.Array(Source, { minItems: 1 }) }), {
     default: { default: { sources: [{ name: 'default', address: '0.0.0.0', ehlo: os.hostname() }] } },
   }),
-  tenants: Type.Record(Type.String({ minLength: 1 }), Strict({ pool: Type.String({ minLength: 1, default: 'default' }) }), {
+  tenants: Type.Record(Type.String({ minLength: 1 }), Strict({ pool: Type.String({ minLength: 1, default: 'default' }), bounce_domain: Type.Optional(DomainName) }), {
     default: { default: { pool: 'default' } },
   }),
   dkim: Strict({ keys: Type.Array(DkimKey, { default: [] }), workers: Type.Integer({ minimum: 0, default: 0, description: '0 = one per core' }) }),
@@ -130,7 +143,15 @@ export const ConfigSchema = Strict({
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
   control: Strict({ admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })) }),
   shaping: Strict({ file: Type.Optional(Type.String({ minLength: 1, description: 'shaping rules; default: the shipped config/shaping.yaml' })) }),
-  bounce: Strict({ rules_file: Type.Optional(Type.String({ minLength: 1, description: 'bounce classification rules; default: the shipped config/bounce-rules.yaml' })) }),
+  bounce: Strict({
+    rules_file: Type.Optional(Type.String({ minLength: 1, description: 'bounce classification rules; default: the shipped config/bounce-rules.yaml' })),
+    domain: Type.Optional(DomainName),
+    fbl_domains: Type.Array(DomainName, { default: [] }),
+    verp: Type.Boolean({ default: true, description: 'VERP envelope senders (one transaction per recipient)' }),
+    soft_bounce_limit: Type.Integer({ minimum: 1, default: 5 }),
+    soft_bounce_window: Duration('7d', 'soft bounces counted within this long'),
+    feedback_sender_id: Type.String({ pattern: '^[A-Za-z0-9._-]{1,64}$', default: 'tern', description: 'last field of Feedback-ID' }),
+  }),
   warmup: Strict({
     file: Type.Optional(Type.String({ minLength: 1, description: 'warmup plans; default: the shipped config/warmup.yaml' })),
     plans: Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { default: {}, description: 'more plans (same shape as in the file; these win)' }),
@@ -176,7 +197,19 @@ export interface Config {
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
   shapingFile: string;
-  bounce: { rulesFile: string };
+  inbound: Omit<RawConfig['listeners']['inbound'], 'tls'> & { maxMessageSize: number; idleTimeoutMs: number; dataTimeoutMs: number; tls?: { cert: string; key: string } };
+  bounce: {
+    rulesFile: string;
+    /** the node's bounce domain (VERP envelope senders of tenants without their own) */
+    domain: string;
+    /** every domain the inbound listener takes reports for: bounce domains of the node and tenants, FBL domains */
+    bounceDomains: string[];
+    fblDomains: string[];
+    verp: boolean;
+    softBounceLimit: number;
+    softBounceWindowMs: number;
+    feedbackSenderId: string;
+  };
   warmup: { file: string; plans: Record<string, unknown>; idleResetDays: number };
   /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
   adminToken: string | null;
@@ -299,6 +332,20 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
   if (!fs.existsSync(shapingFile)) problems.push(`shaping.file: ${shapingFile} does not exist`);
   const bounceRulesFile = raw.bounce.rules_file ? fromConfig(raw.bounce.rules_file) : SHIPPED_BOUNCE_RULES_FILE;
   if (!fs.existsSync(bounceRulesFile)) problems.push(`bounce.rules_file: ${bounceRulesFile} does not exist`);
+  const bounceDomain = (raw.bounce.domain ?? `bounces.${raw.hostname}`).toLowerCase();
+  const inbound = raw.listeners.inbound;
+  let inboundTls: { cert: string; key: string } | undefined;
+  if (inbound.tls) {
+    inboundTls = { cert: fromConfig(inbound.tls.cert_file), key: fromConfig(inbound.tls.key_file) };
+    if (!fs.existsSync(inboundTls.cert)) problems.push(`listeners.inbound.tls.cert_file: ${inboundTls.cert} does not exist`);
+    if (!fs.existsSync(inboundTls.key)) problems.push(`listeners.inbound.tls.key_file: ${inboundTls.key} does not exist`);
+  }
+  let inboundMaxSize = 0;
+  try {
+    inboundMaxSize = parseSize(inbound.max_message_size);
+  } catch (err) {
+    problems.push(`listeners.inbound.max_message_size: ${(err as Error).message}`);
+  }
   const warmupFile = raw.warmup.file ? fromConfig(raw.warmup.file) : SHIPPED_WARMUP_FILE;
   if (!fs.existsSync(warmupFile)) problems.push(`warmup.file: ${warmupFile} does not exist`);
   for (const [pool, p] of Object.entries(raw.pools))
@@ -346,7 +393,23 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },
     shapingFile,
-    bounce: { rulesFile: bounceRulesFile },
+    inbound: {
+      ...raw.listeners.inbound,
+      maxMessageSize: inboundMaxSize,
+      idleTimeoutMs: parseDuration(raw.listeners.inbound.idle_timeout),
+      dataTimeoutMs: parseDuration(raw.listeners.inbound.data_timeout),
+      tls: inboundTls,
+    },
+    bounce: {
+      rulesFile: bounceRulesFile,
+      domain: bounceDomain,
+      bounceDomains: [...new Set([bounceDomain, ...Object.values(raw.tenants).flatMap((t) => (t.bounce_domain ? [t.bounce_domain.toLowerCase()] : []))])],
+      fblDomains: raw.bounce.fbl_domains.map((d) => d.toLowerCase()),
+      verp: raw.bounce.verp,
+      softBounceLimit: raw.bounce.soft_bounce_limit,
+      softBounceWindowMs: parseDuration(raw.bounce.soft_bounce_window),
+      feedbackSenderId: raw.bounce.feedback_sender_id,
+    },
     warmup: { file: warmupFile, plans: raw.warmup.plans, idleResetDays: Math.max(1, Math.round(parseDuration(raw.warmup.idle_reset) / 86_400_000)) },
     adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
   };

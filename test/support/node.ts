@@ -32,7 +32,7 @@ export function testConfigDoc(dataDir: string, overrides: Record<string, unknown
     hostname: 'node.tern.test',
     data_dir: dataDir,
     log: { level: 'silent' },
-    listeners: { submission: { host: '127.0.0.1', port: 0 }, control: { host: '127.0.0.1', port: 0 } },
+    listeners: { submission: { host: '127.0.0.1', port: 0 }, control: { host: '127.0.0.1', port: 0 }, inbound: { host: '127.0.0.1', port: 0 } },
     smtp_users: [{ username: 'tenant1', password: 'secret-1', tenant: 'default' }],
     dkim: { workers: 1 },
   };
