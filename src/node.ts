@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/log.js';
 import { Metrics } from './core/metrics.js';
-import { Store } from './core/store.js';
+import { Store, type Tx } from './core/store.js';
 import { outboundCas, tlsMaterial } from './core/tls.js';
 import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
@@ -18,7 +18,7 @@ import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-po
 import { Scheduler } from './mta/queues.js';
 import { Holds } from './mta/holds.js';
 import { QueueAdmin } from './mta/queue-admin.js';
-import { Spool } from './mta/spool.js';
+import { Spool, type FinalFailure } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
@@ -107,13 +107,14 @@ export class TernNode {
       suppressions: new SuppressionList(store, { softLimit: config.bounce.softBounceLimit, softWindowMs: config.bounce.softBounceWindowMs }),
     };
     const holds = new Holds(store);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, mtaSts: mtaSts ?? undefined, tlsContext });
+    spool.onFinalFailure = (tx, f) => actOnFailure(bounces.suppressions, tx, f);
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext });
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
-    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics });
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
     let nodeRef: TernNode | null = null;
     const control = buildControlServer({
       metrics,
@@ -185,6 +186,12 @@ export class TernNode {
     this.log.info('tern node stopped');
     this.log.flush?.();
   }
+}
+
+/** A final failure feeds the tenant's suppression list: at once when its rule says so, else by counting. */
+export function actOnFailure(suppressions: SuppressionList, tx: Tx, f: FinalFailure): void {
+  if (f.action === 'suppress') suppressions.addIn(tx, f.tenant, f.rcpt, { reason: f.hard ? 'hard_bounce' : 'bounce', detail: f.category, queue_id: f.queue_id });
+  else if (f.action === 'count') suppressions.softBounceIn(tx, f.tenant, f.rcpt, f.category, f.queue_id);
 }
 
 /** Reads the warmup plans and the sources that follow one; a plan that does not exist is named by key path. */

@@ -137,23 +137,68 @@ describe('submission with AUTH', () => {
     await sink.waitFor(() => sink.idCounts.get('<tls-1@sender.tern.test>') === 1, 15_000);
   });
 
-  it('sends recipients of one message on one site in one transaction, and a refused recipient fails alone', async () => {
+  it('gives each recipient its own VERP envelope sender and X-Tern-Ref, on one connection', async () => {
     const before = sink.messages.length;
-    await transport().sendMail({
+    const info = await transport().sendMail({
       from: 'a@sender.tern.test',
-      to: ['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test', 'refused@sink.tern.test'],
+      to: ['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test'],
       text: 'x',
       messageId: '<batch-1@sender.tern.test>',
     });
-    await sink.waitFor(() => sink.idCounts.has('<batch-1@sender.tern.test>'), 15_000);
-    await new Promise((r) => setTimeout(r, 300));
+    const qid = /queued as (\S+)/.exec(info.response)![1]!;
+    await sink.waitFor(() => sink.idCounts.get('<batch-1@sender.tern.test>') === 3, 15_000);
     const copies = sink.messages.slice(before).filter((m) => m.id === '<batch-1@sender.tern.test>');
-    expect(copies).toHaveLength(1);
-    expect(copies[0]!.to.sort()).toEqual(['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test']);
-    const failed = await waitForEvent(node, (e) => e.type === 'failed' && e.rcpt === 'refused@sink.tern.test');
+    expect(copies.map((m) => m.to)).toEqual(expect.arrayContaining([['r1@sink.tern.test'], ['r2@sink.tern.test'], ['r3@alias.tern.test']]));
+    expect(new Set(copies.map((m) => m.connectionId)).size).toBe(1);
+    for (const m of copies) {
+      // the envelope sender is b-<token>@<bounce domain>; it and the header name this message and recipient
+      expect(m.from).toMatch(/^b-[a-z2-7]+@bounces\.node\.tern\.test$/);
+      const index = ['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test'].indexOf(m.to[0]!);
+      expect(node.bounces.verp.decode(m.from)).toEqual({ msgId: qid, rcptIndex: index });
+      const ref = /^X-Tern-Ref: (\S+)\r\n/.exec(m.data!.toString('latin1'))?.[1];
+      expect(node.bounces.verp.decodeRef(ref!)).toEqual({ msgId: qid, rcptIndex: index });
+    }
+  });
+
+  it('fails a refused recipient alone, as a classified hard bounce, and suppresses it for its tenant', async () => {
+    await transport().sendMail({ from: 'a@sender.tern.test', to: ['ok1@sink.tern.test', 'refused-1@sink.tern.test'], text: 'x', messageId: '<refused-1@sender.tern.test>' });
+    const failed = await waitForEvent(node, (e) => e.type === 'failed' && e.rcpt === 'refused-1@sink.tern.test');
+    expect(failed[0]).toMatchObject({ category: 'userunknown', hard: true });
     expect(String(failed[0]!.response)).toMatch(/^550 5\.1\.1/);
-    const delivered = node.store.events(0, 100_000).filter((e) => e.type === 'delivered' && /^r\d@/.test(String(e.rcpt)));
-    expect(delivered.map((e) => e.rcpt).sort()).toEqual(['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test']);
+    await waitForEvent(node, (e) => e.type === 'suppression_added' && e.rcpt === 'refused-1@sink.tern.test');
+    expect(node.bounces.suppressions.get('default', 'Refused-1@sink.tern.test')).toMatchObject({ reason: 'hard_bounce', detail: 'userunknown' });
+    await sink.waitFor(() => sink.idCounts.get('<refused-1@sender.tern.test>') === 1, 15_000);
+
+    // the next message to that address drops it at acceptance; the other recipient still gets it
+    const info = await transport().sendMail({ from: 'a@sender.tern.test', to: ['refused-1@sink.tern.test', 'ok2@sink.tern.test'], text: 'x', messageId: '<refused-2@sender.tern.test>' });
+    const qid = /queued as (\S+)/.exec(info.response)![1]!;
+    const suppressed = await waitForEvent(node, (e) => e.type === 'suppressed' && e.queue_id === qid);
+    expect(suppressed[0]).toMatchObject({ rcpt: 'refused-1@sink.tern.test', reason: 'hard_bounce', detail: 'userunknown' });
+    await sink.waitFor(() => sink.idCounts.get('<refused-2@sender.tern.test>') === 1, 15_000);
+    expect(sink.messages.filter((m) => m.id === '<refused-2@sender.tern.test>').flatMap((m) => m.to)).toEqual(['ok2@sink.tern.test']);
+
+    // a message for suppressed recipients only is answered 250 and stores nothing
+    const only = await transport().sendMail({ from: 'a@sender.tern.test', to: 'refused-1@sink.tern.test', text: 'x' });
+    const onlyId = /queued as (\S+)/.exec(only.response)![1]!;
+    await waitForEvent(node, (e) => e.type === 'suppressed' && e.queue_id === onlyId);
+    expect(node.spool.message(onlyId)).toBeUndefined();
+  });
+
+  it('without VERP, sends the recipients of one message on one site in one transaction', async () => {
+    const plain = await startTestNode({ dns: { servers: [dnsServer.address] }, delivery: { smtp_port: sink.port }, bounce: { verp: false } });
+    try {
+      await nodemailer
+        .createTransport({ host: '127.0.0.1', port: plain.ports.submission, auth: { user: 'tenant1', pass: 'secret-1' }, ignoreTLS: true })
+        .sendMail({ from: 'a@sender.tern.test', to: ['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test'], text: 'x', messageId: '<batch-2@sender.tern.test>' });
+      await sink.waitFor(() => sink.idCounts.has('<batch-2@sender.tern.test>'), 15_000);
+      await new Promise((r) => setTimeout(r, 300));
+      const copies = sink.messages.filter((m) => m.id === '<batch-2@sender.tern.test>');
+      expect(copies).toHaveLength(1);
+      expect(copies[0]!.from).toBe('a@sender.tern.test');
+      expect(copies[0]!.to.sort()).toEqual(['r1@sink.tern.test', 'r2@sink.tern.test', 'r3@alias.tern.test']);
+    } finally {
+      await plain.stop();
+    }
   });
 
   it('moves on to the next MX when the first refuses connections', async () => {

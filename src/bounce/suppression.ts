@@ -10,7 +10,7 @@
 import type { Database } from 'lmdb';
 import type { Store, Tx } from '../core/store.js';
 
-export type SuppressionReason = 'hard_bounce' | 'soft_bounces' | 'complaint' | 'unsubscribe' | 'manual';
+export type SuppressionReason = 'hard_bounce' | 'bounce' | 'soft_bounces' | 'complaint' | 'unsubscribe' | 'manual';
 
 export interface SuppressionEntry {
   reason: SuppressionReason;

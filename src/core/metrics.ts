@@ -5,6 +5,7 @@ export class Metrics {
   readonly registry = new Registry();
   readonly messagesAccepted = new Counter({ name: 'tern_messages_accepted_total', help: 'messages accepted into the spool', labelNames: ['listener'], registers: [this.registry] });
   readonly recipientsAccepted = new Counter({ name: 'tern_recipients_accepted_total', help: 'recipients accepted into the spool', registers: [this.registry] });
+  readonly recipientsSuppressed = new Counter({ name: 'tern_recipients_suppressed_total', help: "recipients dropped at acceptance: on their tenant's suppression list", registers: [this.registry] });
   readonly deliveries = new Counter({ name: 'tern_deliveries_total', help: 'delivery results per recipient', labelNames: ['result', 'site'], registers: [this.registry] });
   readonly smtpRejections = new Counter({ name: 'tern_smtp_rejections_total', help: 'commands or messages refused at reception', labelNames: ['reason'], registers: [this.registry] });
   readonly openConnections = new Gauge({ name: 'tern_outbound_connections', help: 'open outbound SMTP connections', labelNames: ['site'], registers: [this.registry] });

@@ -1,6 +1,6 @@
 /**
  * Message preparation: the named steps every accepted message goes through before it is spooled.
- *   checkLineEndings → parseHeaders → checkAddresses → completeHeaders → sign
+ *   checkLineEndings → parseHeaders → checkAddresses → readTernHeaders → completeHeaders → sign
  * Pure: bytes in, bytes (or a refusal) out. It runs in worker threads (see prepare-pool.ts).
  */
 import { dkimSignatures, type SigningKey } from './dkim.js';
@@ -15,6 +15,9 @@ export interface PrepareInput {
   id: string;
   /** SMTPUTF8 was given: UTF-8 addresses are fine */
   utf8: boolean;
+  /** the tenant the message is sent for, and the sender id, for Feedback-ID */
+  tenant: string;
+  feedbackSenderId: string;
   now?: number;
 }
 
@@ -32,6 +35,10 @@ export interface Prepared {
   messageId: string;
   fromDomain: string;
   signedBy: string[];
+  /** from X-Tern-Campaign ('-' when absent) */
+  campaign: string;
+  /** from X-Tern-Stream: transactional or marketing (the default) */
+  stream: 'marketing' | 'transactional';
 }
 
 const MAX_LINE = 998;
@@ -96,6 +103,27 @@ export function rfc5322Date(ms: number): string {
   return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
 }
 
+/** Instructions to Tern in the message's own headers; they are removed before it is sent. */
+const TERN_HEADERS = new Set(['x-tern-campaign', 'x-tern-stream']);
+const CAMPAIGN = /^[A-Za-z0-9._-]{1,64}$/;
+
+function readTernHeaders(fields: HeaderField[]): Refusal | { campaign: string; stream: 'marketing' | 'transactional' } {
+  const value = (name: string) => {
+    const found = fields.filter((f) => f.lname === name);
+    if (found.length > 1) return { error: `Message has more than one ${found[0]!.name} header` };
+    return { value: found[0]?.value.replace(/\r\n(?=[ \t])/g, '').trim() };
+  };
+  const campaign = value('x-tern-campaign');
+  const stream = value('x-tern-stream');
+  if ('error' in campaign) return refuse(550, '5.6.0', campaign.error!);
+  if ('error' in stream) return refuse(550, '5.6.0', stream.error!);
+  if (campaign.value !== undefined && !CAMPAIGN.test(campaign.value))
+    return refuse(550, '5.6.0', 'X-Tern-Campaign must be 1 to 64 letters, digits, ".", "_" or "-"');
+  const s = stream.value?.toLowerCase();
+  if (s !== undefined && s !== 'marketing' && s !== 'transactional') return refuse(550, '5.6.0', 'X-Tern-Stream must be "marketing" or "transactional"');
+  return { campaign: campaign.value ?? '-', stream: (s as 'marketing' | 'transactional' | undefined) ?? 'marketing' };
+}
+
 export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string) => SigningKey[]): Prepared | Refusal {
   const now = input.now ?? Date.now();
   const lineProblem = checkLineEndings(input.raw);
@@ -108,8 +136,14 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
   const checked = checkAddresses(fields, input.utf8);
   if ('ok' in checked) return checked;
 
-  // Bcc must not travel (RFC 5322 §3.6.3): the envelope already carries those recipients.
-  const kept = fields.filter((f) => f.lname !== 'bcc');
+  const tern = readTernHeaders(fields);
+  if ('ok' in tern) return tern;
+
+  // Bcc must not travel (RFC 5322 §3.6.3): the envelope already carries those recipients. Neither do our
+  // own instructions, nor a Feedback-ID the client made up: ours identifies the tenant for complaint reports.
+  const kept = fields.filter((f) => f.lname !== 'bcc' && f.lname !== 'feedback-id' && !TERN_HEADERS.has(f.lname));
+  // Gmail's format: campaign:customer:mail type:sender id, signed with the rest
+  kept.push({ name: 'Feedback-ID', lname: 'feedback-id', value: ` ${tern.campaign}:${input.tenant}:${tern.stream}:${input.feedbackSenderId}` });
   let messageIdField = kept.find((f) => f.lname === 'message-id');
   if (!messageIdField) {
     messageIdField = { name: 'Message-ID', lname: 'message-id', value: ` <${input.id}@${input.hostname}>` };
@@ -126,6 +160,8 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
     messageId: Buffer.from(messageIdField.value, 'latin1').toString('utf8').trim(),
     fromDomain: checked.fromDomain,
     signedBy: keys.map((k) => `${k.selector}._domainkey.${k.domain}`),
+    campaign: tern.campaign,
+    stream: tern.stream,
   };
 }
 

@@ -19,6 +19,8 @@ import type { Shaping, ShapingSettings } from './shaping.js';
 import type { Warmup } from './warmup.js';
 import type { MtaStsPolicies } from './mta-sts.js';
 import type { Holds } from './holds.js';
+import { classifyResponse, type BounceRules } from '../bounce/classify.js';
+import type { VerpCodec } from '../bounce/verp.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** schedule entries one scan reads before yielding (entries held by an operator are read and passed over) */
@@ -167,6 +169,8 @@ interface SchedulerDeps {
   /** daily caps of sources on a warmup plan */
   warmup?: Warmup;
   holds: Holds;
+  /** the bounce classifier's rules; and the VERP codec, absent when bounce.verp is false */
+  bounces?: { rules: BounceRules; verp: VerpCodec | null };
   /** MTA-STS policies (absent when delivery.mta_sts.enabled is false) */
   mtaSts?: MtaStsPolicies;
   /** trust for outbound certificate checks when the operator added CAs (delivery.tls_ca_file) */
@@ -687,32 +691,55 @@ export class Scheduler {
       }
       return { keepGoing: true, recorded: Promise.resolve() };
     }
-    const recorded: Promise<unknown>[] = [];
     const recipients = batch.flatMap((j) => j.rcpts.map((r) => ({ job: j, r })));
-    const utf8 = /[^\x00-\x7f]/.test(first.sender) || recipients.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
+    const outcomes = new Map<Job, Outcome[]>(batch.map((j) => [j, []]));
+    const record = (job: Job, o: Outcome) => outcomes.get(job)!.push(o);
+    // with VERP each recipient has its own envelope sender (and X-Tern-Ref), so its own transaction; a
+    // message sent with a null sender keeps it and its recipients share one
+    const verp = this.deps.bounces?.verp && first.sender !== '' ? this.deps.bounces.verp : null;
+    const envelopes = verp ? recipients.map((x) => [x]) : [recipients];
     for (const job of batch) this.countSent(job);
-    try {
-      const result = await conn.send(first.sender, recipients.map(({ r }) => r.to), body, { utf8, size: body.length });
-      const accepted = new Set(result.accepted.map((a) => a.toLowerCase()));
-      for (const job of batch) {
-        const outcomes: Outcome[] = job.rcpts.map((r) => {
-          const refusal = result.rejected.get(r.to);
-          if (refusal) return { i: r.i, result: this.judge(rq, refusal.code, refusal.response), response: refusal.response, mx, source };
-          if (accepted.has(r.to.toLowerCase())) return { i: r.i, result: 'delivered', response: result.response, mx, source };
-          return { i: r.i, result: 'deferred', response: '451 4.4.0 No reply for this recipient', mx, source };
-        });
-        recorded.push(this.finish(job, outcomes, rq.site.key));
+    let keepGoing = true;
+    for (const group of envelopes) {
+      // the connection went away: the rest were not tried and stay queued without an attempt counted
+      if (!conn.usable) break;
+      let sender = first.sender;
+      let data = body;
+      if (verp) {
+        const i = group[0]!.r.i;
+        sender = verp.encode(first.msgId, i, this.bounceDomainOf(first.tenant));
+        data = Buffer.concat([Buffer.from(`X-Tern-Ref: ${verp.ref(first.msgId, i)}\r\n`, 'latin1'), body]);
       }
-      if (result.accepted.length === 0 && result.rejected.size) await conn.reset().catch(() => conn.destroy());
-      return { keepGoing: true, recorded: Promise.all(recorded) };
-    } catch (err) {
-      const e = err as DeliveryError;
-      const result = e.network ? 'deferred' : this.judge(rq, e.code, e.response);
-      for (const job of batch) recorded.push(this.finish(job, job.rcpts.map((r) => ({ i: r.i, result, response: e.response, mx, source })), rq.site.key));
-      if (e.network || e.code === 421) return { keepGoing: false, recorded: Promise.all(recorded) };
-      await conn.reset().catch(() => conn.destroy());
-      return { keepGoing: conn.usable, recorded: Promise.all(recorded) };
+      const utf8 = /[^\x00-\x7f]/.test(sender) || group.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
+      try {
+        const result = await conn.send(sender, group.map(({ r }) => r.to), data, { utf8, size: data.length });
+        const accepted = new Set(result.accepted.map((a) => a.toLowerCase()));
+        for (const { job, r } of group) {
+          const refusal = result.rejected.get(r.to);
+          if (refusal) record(job, { i: r.i, result: this.judge(rq, refusal.code, refusal.response), response: refusal.response, mx, source });
+          else if (accepted.has(r.to.toLowerCase())) record(job, { i: r.i, result: 'delivered', response: result.response, mx, source });
+          else record(job, { i: r.i, result: 'deferred', response: '451 4.4.0 No reply for this recipient', mx, source });
+        }
+        if (result.accepted.length === 0 && result.rejected.size) await conn.reset().catch(() => conn.destroy());
+      } catch (err) {
+        const e = err as DeliveryError;
+        const result = e.network ? 'deferred' : this.judge(rq, e.code, e.response);
+        for (const { job, r } of group) record(job, { i: r.i, result, response: e.response, mx, source });
+        if (e.network || e.code === 421) {
+          keepGoing = false;
+          break;
+        }
+        await conn.reset().catch(() => conn.destroy());
+        keepGoing = conn.usable;
+      }
     }
+    const recorded = batch.map((job) => this.finish(job, outcomes.get(job)!, rq.site.key));
+    return { keepGoing, recorded: Promise.all(recorded) };
+  }
+
+  /** The bounce domain of a tenant's VERP envelope senders. */
+  private bounceDomainOf(tenant: string): string {
+    return this.deps.config.tenants[tenant]?.bounce_domain?.toLowerCase() ?? this.deps.config.bounce.domain;
   }
 
   /** The result of a remote refusal, after the backoff rules have seen it. */
@@ -732,6 +759,13 @@ export class Scheduler {
       this.failAfter.delete(jobKeyString(job.key));
       outcomes = outcomes.map((o) => (o.result === 'deferred' ? { ...o, result: 'failed', response: `${doomed} (the attempt in progress got: ${o.response})` } : o));
     }
+    const rules = this.deps.bounces?.rules;
+    if (rules)
+      outcomes = outcomes.map((o) => {
+        if (o.result === 'delivered') return o;
+        const c = classifyResponse(rules, { text: o.response });
+        return { ...o, category: c.category, hard: c.hard, action: c.action };
+      });
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
     const started = performance.now();
     return this.track(

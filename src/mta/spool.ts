@@ -94,6 +94,22 @@ export interface Outcome {
   /** the MX host or route that answered */
   mx?: string;
   source?: string;
+  /** the bounce classifier's reading of a refusal (see src/bounce/classify.ts) */
+  category?: string;
+  hard?: boolean;
+  action?: 'suppress' | 'count' | 'none';
+}
+
+/** A recipient that got a final result other than delivered: what the bounce handling acts on. */
+export interface FinalFailure {
+  tenant: string;
+  campaign: string;
+  rcpt: string;
+  queue_id: string;
+  status: 'failed' | 'expired';
+  category: string | null;
+  hard: boolean;
+  action: 'suppress' | 'count' | 'none';
 }
 
 export interface AcceptInput {
@@ -108,6 +124,8 @@ export interface AcceptInput {
   listener: string;
   client?: string;
   user?: string;
+  /** recipients dropped at acceptance because the tenant's suppression list holds them (not spooled) */
+  suppressed?: Array<{ to: string; reason: string; detail: string | null }>;
 }
 
 export const jobKeyString = (k: ScheduleKey) => `${k[0]}|${k[1]}|${k[2]}|${k[3]}`;
@@ -128,6 +146,9 @@ export class Spool {
   private readonly schedule: Database<ScheduleEntry, ScheduleKey>;
   /** depth of every scheduled queue, updated as each change commits (one pass over the index at start) */
   readonly queues = new ScheduledQueues();
+
+  /** called inside the transaction that records a final failure, so what it writes commits with it */
+  onFinalFailure: ((tx: Tx, failure: FinalFailure) => void) | null = null;
 
   constructor(private readonly store: Store, private readonly retry: RetryPolicy) {
     this.messages = store.db('spool.messages');
@@ -167,6 +188,23 @@ export class Spool {
       });
     }
     await this.store.transact((tx) => {
+      tx.event('accepted', {
+        at: now, // the event's time is the state change's time
+        queue_id: msgId,
+        message_id: input.messageId,
+        tenant: input.tenant,
+        campaign,
+        sender: input.sender,
+        recipients: input.recipients,
+        size: input.body.byteLength,
+        listener: input.listener,
+        client: input.client,
+        user: input.user,
+      });
+      for (const s of input.suppressed ?? [])
+        tx.event('suppressed', { at: now, queue_id: msgId, tenant: input.tenant, campaign, rcpt: s.to, reason: s.reason, detail: s.detail });
+      // every recipient suppressed: the events say what happened, there is nothing to keep
+      if (!jobs.length) return;
       this.messages.put(msgId, {
         tenant: input.tenant,
         campaign,
@@ -184,19 +222,6 @@ export class Spool {
           this.recipients.put([msgId, r.i], { to: r.to, status: 'queued', attempts: 0, nextAt: now, last: null, queue, updatedAt: now });
         this.schedule.put(job.key, entryOf(job));
       }
-      tx.event('accepted', {
-        at: now, // the event's time is the state change's time
-        queue_id: msgId,
-        message_id: input.messageId,
-        tenant: input.tenant,
-        campaign,
-        sender: input.sender,
-        recipients: input.recipients,
-        size: input.body.byteLength,
-        listener: input.listener,
-        client: input.client,
-        user: input.user,
-      });
     });
     for (const job of jobs) this.queues.add(job);
     await this.store.durable();
@@ -289,6 +314,11 @@ export class Spool {
         type = o.result;
       }
       if (status !== 'queued') finals++;
+      // a recipient that ran out of time is a soft bounce of its own kind, whatever the last reply said
+      const category = status === 'expired' ? 'expired' : o.result === 'delivered' ? undefined : o.category;
+      const hard = status === 'expired' ? false : o.hard;
+      if ((status === 'failed' || status === 'expired') && this.onFinalFailure)
+        this.onFinalFailure(tx, { tenant: job.tenant, campaign: job.campaign, rcpt: r.to, queue_id: job.msgId, status, category: category ?? null, hard: hard ?? false, action: status === 'expired' ? 'count' : (o.action ?? 'none') });
       const step: HistoryEntry = { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
       if (extra.by === 'operator') step.by = 'operator';
       const history = withStep(this.recipients.get([job.msgId, r.i])?.history, step);
@@ -304,6 +334,7 @@ export class Spool {
         mx: o.mx,
         source: o.source,
         next_at: nextAt ?? undefined,
+        ...(category ? { category, hard } : {}),
         ...extra,
       });
     }

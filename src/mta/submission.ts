@@ -15,6 +15,7 @@ import type { Preparer } from './prepare-pool.js';
 import type { Scheduler } from './queues.js';
 import { newMessageId, type Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
+import type { SuppressionList } from '../bounce/suppression.js';
 
 interface SessionUser {
   username: string;
@@ -29,6 +30,7 @@ interface SubmissionDeps {
   tls: TlsMaterial;
   log: Logger;
   metrics: Metrics;
+  suppressions: SuppressionList;
 }
 
 const AUTH_FAILURE_LIMIT = 10;
@@ -209,20 +211,31 @@ export class SubmissionListener {
     const mailFrom = session.envelope.mailFrom as SMTPServerAddress;
     const mailArgs = mailFrom.args as Record<string, unknown> | false;
     const msgId = newMessageId();
-    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8: Boolean(mailArgs && mailArgs.SMTPUTF8) });
+    const tenant = user?.tenant ?? 'default';
+    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8: Boolean(mailArgs && mailArgs.SMTPUTF8), tenant, feedbackSenderId: config.bounce.feedbackSenderId });
     if (!prepared.ok) {
       metrics.smtpRejections.inc({ reason: 'bad_content' });
       log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
       throw smtpError(prepared.code, prepared.status, prepared.reason);
+    }
+    // the tenant's suppression list: those recipients are dropped here, with an event each
+    const recipients: string[] = [];
+    const suppressed: Array<{ to: string; reason: string; detail: string | null }> = [];
+    for (const { address } of session.envelope.rcptTo) {
+      const entry = this.deps.suppressions.get(tenant, address);
+      if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
+      else recipients.push(address);
     }
     const started = performance.now();
     let stored;
     try {
       stored = await spool.accept({
         msgId,
-        tenant: user?.tenant ?? 'default',
+        tenant,
+        campaign: prepared.campaign,
         sender: mailFrom.address,
-        recipients: session.envelope.rcptTo.map((r) => r.address),
+        recipients,
+        suppressed,
         body: prepared.message,
         messageId: prepared.messageId,
         listener: 'submission',
@@ -235,7 +248,8 @@ export class SubmissionListener {
     }
     metrics.spoolCommitSeconds.observe((performance.now() - started) / 1000);
     metrics.messagesAccepted.inc({ listener: 'submission' });
-    metrics.recipientsAccepted.inc(session.envelope.rcptTo.length);
+    metrics.recipientsAccepted.inc(recipients.length);
+    if (suppressed.length) metrics.recipientsSuppressed.inc(suppressed.length);
     scheduler.enqueue(stored.jobs);
     return `2.0.0 Ok: queued as ${stored.msgId}`;
   }

@@ -1,7 +1,7 @@
 import { expect, it } from 'vitest';
 import { createPreparer } from '../../src/mta/prepare-pool.js';
 
-const input = () => ({ raw: Buffer.from('From: a@example.com\r\n\r\nhello\r\n'), hostname: 'node.test', id: 'x', utf8: false });
+const input = () => ({ raw: Buffer.from('From: a@example.com\r\n\r\nhello\r\n'), hostname: 'node.test', id: 'x', utf8: false, tenant: 't', feedbackSenderId: 'tern' });
 
 it('replaces a preparation thread that dies, so acceptance does not hang', async () => {
   const preparer = createPreparer([], 1);

@@ -14,7 +14,7 @@ const resolver = async (name: string) => {
   if (!txt[name]) throw Object.assign(new Error('not found'), { code: 'ENOTFOUND' });
   return [[txt[name]]];
 };
-const prep = (raw: string, utf8 = false) => prepareMessage({ raw: Buffer.from(raw, 'latin1'), hostname: 'node.test', id: 'abc', utf8, now: Date.UTC(2026, 10, 21, 10, 0, 0) }, keys);
+const prep = (raw: string, utf8 = false) => prepareMessage({ raw: Buffer.from(raw, 'latin1'), hostname: 'node.test', id: 'abc', utf8, tenant: 't1', feedbackSenderId: 'tern', now: Date.UTC(2026, 10, 21, 10, 0, 0) }, keys);
 
 describe('checkLineEndings', () => {
   it.each([
@@ -88,7 +88,7 @@ describe('prepareMessage', () => {
 
   it('keeps 8-bit body bytes and UTF-8 headers exactly', () => {
     const raw = 'From: =?UTF-8?Q?J=C3=B6rg?= <j@example.com>\r\nSubject: Grüße\r\n\r\nCafé — ü\r\n';
-    const out = prepareMessage({ raw: Buffer.from(raw, 'utf8'), hostname: 'n', id: 'i', utf8: true }, keys);
+    const out = prepareMessage({ raw: Buffer.from(raw, 'utf8'), hostname: 'n', id: 'i', utf8: true, tenant: 't1', feedbackSenderId: 'tern' }, keys);
     if (!out.ok) throw new Error(out.reason);
     const text = Buffer.from(out.message).toString('utf8');
     expect(text).toContain('\r\nSubject: Grüße\r\n');
@@ -126,5 +126,33 @@ describe('addresses', () => {
   it('accepts UTF-8 addresses only with SMTPUTF8', () => {
     expect(isValidAddress('jörg@exämple.de', true)).toBe(true);
     expect(isValidAddress('jörg@exämple.de', false)).toBe(false);
+  });
+});
+
+describe('Tern headers and Feedback-ID', () => {
+  const text = (out: ReturnType<typeof prep>) => (out.ok ? Buffer.from(out.message).toString('latin1') : out.reason);
+  it('takes the campaign and stream from X-Tern headers, removes them, and adds a signed Feedback-ID', () => {
+    const out = prep('From: a@example.com\r\nX-Tern-Campaign: spring-sale\r\nX-Tern-Stream: Transactional\r\nFeedback-ID: forged:x:y:z\r\nSubject: hi\r\n\r\nbody\r\n');
+    expect(out).toMatchObject({ ok: true, campaign: 'spring-sale', stream: 'transactional' });
+    const message = text(out);
+    expect(message).not.toMatch(/X-Tern-|forged/i);
+    expect(message).toContain('\r\nFeedback-ID: spring-sale:t1:transactional:tern\r\n');
+    expect(/^DKIM-Signature:[^]*?h=([^;]+);/m.exec(message)![1]!.replace(/\s/g, '').toLowerCase().split(':')).toContain('feedback-id');
+  });
+
+  it('defaults to no campaign and the marketing stream', () => {
+    const out = prep('From: a@example.com\r\n\r\nbody\r\n');
+    expect(out).toMatchObject({ ok: true, campaign: '-', stream: 'marketing' });
+    expect(text(out)).toContain('\r\nFeedback-ID: -:t1:marketing:tern\r\n');
+  });
+
+  it.each([
+    ['X-Tern-Campaign: has space\r\n', /X-Tern-Campaign must be/],
+    ['X-Tern-Campaign: a\r\nX-Tern-Campaign: b\r\n', /more than one X-Tern-Campaign/],
+    ['X-Tern-Stream: bulk\r\n', /X-Tern-Stream must be/],
+  ])('refuses %j', (header, reason) => {
+    const out = prep(`From: a@example.com\r\n${header}\r\nbody\r\n`);
+    expect(out.ok).toBe(false);
+    if (!out.ok) expect(out.reason).toMatch(reason);
   });
 });
