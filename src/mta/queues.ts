@@ -237,6 +237,8 @@ export class Scheduler {
 
   /** Makes the scanner look at `key` again (it was written behind the cursor). */
   private rewind(key: ScheduleKey): void {
+    // an entry due later is ahead of the cursor (which never passes now): the scanner meets it in time
+    if (key[0] > Date.now()) return;
     this.backlog = true;
     if (this.cursor && this.cursor[0] > key[0] - 1) this.cursor = [key[0] - 1];
     this.requestScan();
@@ -279,11 +281,15 @@ export class Scheduler {
       }
       this.cursor = job.key;
       if (this.deps.holds.blocking(job)) continue; // stays in the spool; holdsEnded() reads it again
+      // committed but not yet durable: its accept() has not returned, and enqueue() will bring it in. Taken
+      // now, it could be delivered and finished before enqueue() runs, which would then take it again.
+      if (this.deps.spool.isAccepting(job.msgId)) continue;
       if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
     }
     if (group.length) this.admit(group);
     this.backlog = full || more;
-    const next = this.deps.spool.nextDue();
+    // the first entry not yet due: everything due before it has been read (or is held in memory)
+    const next = this.deps.spool.nextDue(now);
     const wait = more ? 0 : full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
     this.timer = setTimeout(() => this.scan(), wait);
     this.timer.unref();
@@ -294,7 +300,7 @@ export class Scheduler {
    * so that recipients on domains sharing a site land in the ready queue side by side and share a transaction.
    */
   private admit(candidates: Job[]): void {
-    // the scanner can read an accepted message's entry before its fsync completes and enqueue() runs
+    // enqueue() of a message the scanner has already taken
     const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
     if (!jobs.length) return;
     for (const job of jobs) this.hold(job);
