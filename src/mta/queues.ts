@@ -23,6 +23,8 @@ import { classifyResponse, type BounceRules } from '../bounce/classify.js';
 import type { VerpCodec } from '../bounce/verp.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Order of schedule keys: due time, then message id, domain and first recipient. */
+const compareKeys = (a: ScheduleKey, b: ScheduleKey) => a[0] - b[0] || (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0) || (a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : 0) || a[3] - b[3];
 /** schedule entries one scan reads before yielding (entries held by an operator are read and passed over) */
 const SCAN_STEP = 5000;
 
@@ -187,6 +189,9 @@ export class Scheduler {
   /** jobs held in memory (resolving, ready or in flight), and how many recipients they carry */
   private readonly inMemory = new Set<string>();
   private memRecipients = 0;
+  /** recipients in memory per domain, and the first entry passed over because its domain had no room */
+  private readonly memByDomain = new Map<string, number>();
+  private readonly skipped = new Map<string, ScheduleKey>();
   private readonly readyQueues = new Map<string, ReadyQueue>();
   /** jobs waiting for their domain to resolve, by scheduled queue name */
   private readonly scheduled = new Map<string, number>();
@@ -230,7 +235,7 @@ export class Scheduler {
   /** Newly accepted jobs: admitted straight away while there is room and nothing older waits. */
   enqueue(jobs: Job[]): void {
     for (const job of jobs) this.queuedRecipients += job.rcpts.length;
-    if (!this.backlog && this.memRecipients < this.deps.config.delivery.memoryQueueLimit) this.admit(jobs);
+    if (!this.backlog && this.memRecipients < this.deps.config.delivery.memoryQueueLimit && jobs.every((j) => this.domainHasRoom(j))) this.admit(jobs);
     else for (const job of jobs) this.rewind(job.key);
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
   }
@@ -284,6 +289,13 @@ export class Scheduler {
       // committed but not yet durable: its accept() has not returned, and enqueue() will bring it in. Taken
       // now, it could be delivered and finished before enqueue() runs, which would then take it again.
       if (this.deps.spool.isAccepting(job.msgId)) continue;
+      if (!this.domainHasRoom(job)) {
+        // its domain holds its share of memory already (a slow or dead destination must not starve the
+        // others): it stays in the spool, and the scanner comes back for it when the domain has room again
+        const first = this.skipped.get(job.domain);
+        if (!first || compareKeys(job.key, first) < 0) this.skipped.set(job.domain, job.key);
+        continue;
+      }
       if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
     }
     if (group.length) this.admit(group);
@@ -790,10 +802,26 @@ export class Scheduler {
   private hold(job: Job): void {
     this.inMemory.add(jobKeyString(job.key));
     this.memRecipients += job.rcpts.length;
+    this.memByDomain.set(job.domain, (this.memByDomain.get(job.domain) ?? 0) + job.rcpts.length);
   }
 
   private release(job: Job): void {
-    if (this.inMemory.delete(jobKeyString(job.key))) this.memRecipients -= job.rcpts.length;
+    if (!this.inMemory.delete(jobKeyString(job.key))) return;
+    this.memRecipients -= job.rcpts.length;
+    const left = (this.memByDomain.get(job.domain) ?? job.rcpts.length) - job.rcpts.length;
+    if (left > 0) this.memByDomain.set(job.domain, left);
+    else this.memByDomain.delete(job.domain);
+    const skipped = this.skipped.get(job.domain);
+    if (skipped && left <= this.deps.config.delivery.memoryQueuePerDomain / 2) {
+      this.skipped.delete(job.domain);
+      this.rewind(skipped);
+    }
+  }
+
+  /** Whether the job's domain may take more of the memory tier (one job always fits an empty domain). */
+  private domainHasRoom(job: Job): boolean {
+    const held = this.memByDomain.get(job.domain) ?? 0;
+    return held === 0 || held + job.rcpts.length <= this.deps.config.delivery.memoryQueuePerDomain;
   }
 
   /** Ready queues and scheduled queues with their depths (for metrics and the admin API). */
