@@ -24,6 +24,8 @@ import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
+import { ControlPlane } from './control/plane.js';
+import { SystemMailer } from './control/mailer.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
@@ -58,6 +60,8 @@ export class TernNode {
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
     private readonly control: FastifyInstance,
+    /** tenants, API keys, SMTP credentials, users, audit log (the control API's state) */
+    readonly controlPlane: ControlPlane,
     private readonly resolver: DestinationResolver,
     readonly queueAdmin: QueueAdmin,
     /** null when delivery.mta_sts.enabled is false */
@@ -91,6 +95,7 @@ export class TernNode {
     const metrics = new Metrics();
     fs.mkdirSync(config.dataDir, { recursive: true });
     const store = new Store(config.dataDir);
+    const controlPlane = new ControlPlane({ config, store, log });
     const spool = new Spool(store, config.retry);
     const dns = new DnsClient(config.dns.servers, config.dns.timeoutMs);
     const resolver = new DestinationResolver(dns, config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
@@ -108,15 +113,16 @@ export class TernNode {
     };
     const holds = new Holds(store);
     spool.onFinalFailure = (tx, f) => actOnFailure(bounces.suppressions, tx, f);
-    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext });
-    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
+    const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext, tenants: controlPlane.tenants });
+    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
-    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants });
     let nodeRef: TernNode | null = null;
-    const control = buildControlServer({
+    const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
+    const control = await buildControlServer({
       metrics,
       adminToken: config.adminToken,
       explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source, mtaSts),
@@ -124,6 +130,7 @@ export class TernNode {
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
       queues: queueAdmin,
+      api: { plane: controlPlane, suppressions: bounces.suppressions, queues: queueAdmin, store, mailer, adminToken: config.adminToken },
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -146,12 +153,13 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, controlPlane, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     nodeRef = node;
     try {
       scheduler.start();
       await queueAdmin.start();
+      controlPlane.start();
       node.ports.submission = await submission.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
@@ -180,6 +188,7 @@ export class TernNode {
     await this.submission.close().catch(() => {});
     await this.control.close().catch(() => {});
     this.queueAdmin.stop();
+    this.controlPlane.stop();
     await this.scheduler.stop();
     await this.preparer.close();
     await this.store.close();

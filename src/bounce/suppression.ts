@@ -75,14 +75,17 @@ export class SuppressionList {
   }
 
   async remove(tenant: string, address: string): Promise<boolean> {
-    return this.store.transact((tx) => {
-      const key: [string, string] = [tenant, normalizeRecipient(address)];
-      if (!this.entries.get(key)) return false;
-      this.entries.remove(key);
-      this.soft.remove(key);
-      tx.event('suppression_removed', { tenant, rcpt: key[1] });
-      return true;
-    });
+    return this.store.transact((tx) => this.removeIn(tx, tenant, address));
+  }
+
+  /** Lifts a suppression inside a transaction (the control API records its audit entry in the same one). */
+  removeIn(tx: Tx, tenant: string, address: string): boolean {
+    const key: [string, string] = [tenant, normalizeRecipient(address)];
+    if (!this.entries.get(key)) return false;
+    this.entries.remove(key);
+    this.soft.remove(key);
+    tx.event('suppression_removed', { tenant, rcpt: key[1] });
+    return true;
   }
 
   /** One tenant's entries in address order, `limit` at a time after `after`. */

@@ -121,5 +121,5 @@ export const queueRoutes: FastifyPluginAsync<QueueRoutesOptions> = async (app, {
 };
 
 function send(reply: FastifyReply, status: number, code: string, message: string) {
-  return reply.code(status).send({ error: { code, message } });
+  return reply.code(status).send({ error: { code, message, details: [] } });
 }

@@ -1,9 +1,20 @@
-/** The control listener (fastify): health, metrics, and the operator's admin routes. */
-import crypto from 'node:crypto';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+/** The control listener (fastify): health, metrics, the operator's admin routes and the control API. */
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Metrics } from '../core/metrics.js';
 import type { QueueAdmin } from '../mta/queue-admin.js';
 import { queueRoutes } from './queues.js';
+import { adminSchemas as S } from './admin-schemas.js';
+import { controlFoundation, type ControlApiDeps } from './api.js';
+import { allow } from './auth.js';
+import { auditRoutes } from './routes/audit.js';
+import { apiKeyRoutes } from './routes/api-keys.js';
+import { eventRoutes } from './routes/events.js';
+import { messageRoutes } from './routes/messages.js';
+import { sessionRoutes } from './routes/session.js';
+import { smtpCredentialRoutes } from './routes/smtp-credentials.js';
+import { suppressionRoutes } from './routes/suppressions.js';
+import { tenantRoutes } from './routes/tenants.js';
+import { userRoutes } from './routes/users.js';
 
 export interface ControlDeps {
   metrics: Metrics;
@@ -16,31 +27,29 @@ export interface ControlDeps {
   /** warmup state of every source on a plan, or of one */
   warmup: (source?: string) => unknown[];
   queues: QueueAdmin;
+  /** tenants, keys, credentials, users, audit: the control API (src/control/api.ts) */
+  api: ControlApiDeps;
 }
 
-const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
+const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message, details: [] } });
 
-export function buildControlServer(deps: ControlDeps): FastifyInstance {
+export async function buildControlServer(deps: ControlDeps): Promise<FastifyInstance> {
   const app = Fastify({ logger: false });
-  const expected = deps.adminToken ? crypto.createHash('sha256').update(deps.adminToken).digest() : null;
+  // first: the OpenAPI document, error shape, credentials and rate limits must see every route
+  await app.register(controlFoundation, deps.api);
 
   /** Admin routes take `Authorization: Bearer <operator token>`. */
-  const operator = async (req: FastifyRequest, reply: FastifyReply) => {
-    if (!expected) return fail(reply, 403, 'admin_disabled', 'Admin routes are off: set control.admin_token in the config or TERN_ADMIN_TOKEN in the environment');
-    const given = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
-    if (!crypto.timingSafeEqual(crypto.createHash('sha256').update(given).digest(), expected))
-      return fail(reply, 401, 'unauthorized', 'Send the operator token as "Authorization: Bearer <token>"');
-  };
+  const operator = allow('operator');
 
-  app.get('/healthz', async (_req, reply) => {
+  app.get('/healthz', { schema: S.health }, async (_req, reply) => {
     const h = deps.health();
     return reply.code(h.ok ? 200 : 503).send(h);
   });
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', { schema: S.metrics }, async (_req, reply) => {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metrics.registry.metrics();
   });
-  app.get<{ Querystring: { domain?: string; source?: string } }>('/api/v1/shaping/explain', { preHandler: operator }, async (req, reply) => {
+  app.get<{ Querystring: { domain?: string; source?: string } }>('/api/v1/shaping/explain', { onRequest: operator, schema: S.explainShaping }, async (req, reply) => {
     const { domain, source } = req.query;
     if (!domain || !/^[A-Za-z0-9.-]+$/.test(domain)) return fail(reply, 400, 'invalid_domain', 'Give the domain as ?domain=example.com');
     try {
@@ -49,20 +58,29 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
       return fail(reply, 404, 'not_found', (err as Error).message);
     }
   });
-  app.get('/api/v1/backoff', { preHandler: operator }, async () => ({ actions: deps.backoff.list() }));
-  app.delete<{ Params: { id: string } }>('/api/v1/backoff/:id', { preHandler: operator }, async (req, reply) => {
+  app.get('/api/v1/backoff', { onRequest: operator, schema: S.backoffList }, async () => ({ actions: deps.backoff.list() }));
+  app.delete<{ Params: { id: string } }>('/api/v1/backoff/:id', { onRequest: operator, schema: S.backoffClear }, async (req, reply) => {
     if (!deps.backoff.clear(req.params.id)) return fail(reply, 404, 'not_found', `No running backoff action has id ${req.params.id}`);
     return reply.code(204).send();
   });
-  app.get('/api/v1/warmup', { preHandler: operator }, async () => ({ sources: deps.warmup() }));
-  app.get<{ Params: { source: string } }>('/api/v1/warmup/:source', { preHandler: operator }, async (req, reply) => {
+  app.get('/api/v1/warmup', { onRequest: operator, schema: S.warmupList }, async () => ({ sources: deps.warmup() }));
+  app.get<{ Params: { source: string } }>('/api/v1/warmup/:source', { onRequest: operator, schema: S.warmupOne }, async (req, reply) => {
     const [found] = deps.warmup(req.params.source);
     return found ?? fail(reply, 404, 'not_found', `Source ${req.params.source} is not on a warmup plan (or does not exist)`);
   });
-  app.post('/api/v1/reload', { preHandler: operator }, async (_req, reply) => {
+  app.post('/api/v1/reload', { onRequest: operator, schema: S.reload }, async (_req, reply) => {
     const r = deps.reload();
     return reply.code(r.ok ? 200 : 422).send(r);
   });
   app.register(queueRoutes, { prefix: '/api/v1/queues', admin: deps.queues, operator });
+  app.register(tenantRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(apiKeyRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(smtpCredentialRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(suppressionRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(eventRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(messageRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(userRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(sessionRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(auditRoutes, { prefix: '/api/v1', ...deps.api });
   return app;
 }

@@ -10,6 +10,7 @@ import { Value } from '@sinclair/typebox/value';
 import YAML from 'yaml';
 import { DURATION_PATTERN, SIZE_PATTERN, parseDuration, parseSize } from './units.js';
 import { parseCidr } from './net.js';
+import { RATE_PATTERN } from '../mta/rate.js';
 
 const Duration = (def: string, description: string) =>
   Type.String({ pattern: DURATION_PATTERN, default: def, description });
@@ -142,7 +143,14 @@ export const ConfigSchema = Strict({
     max_age: Duration('3d', 'give up (expire) after this long'),
   }),
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
-  control: Strict({ admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })) }),
+  control: Strict({
+    admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })),
+    public_url: Type.Optional(Type.String({ pattern: '^https?://[^\\s/]+(/[^\\s]*)?$', description: 'base URL of the admin web, for links in account mail; default: the control listener' })),
+    mail_from: Type.Optional(Type.String({ pattern: '^[^\\s@<>]+@[A-Za-z0-9.-]+$', description: 'From address of account mail (password resets, invitations); default tern@<hostname>' })),
+    session_ttl: Duration('12h', 'a web session lasts this long after login'),
+    api_rate: Type.String({ pattern: RATE_PATTERN, default: '1200/min', description: 'control API requests per API key, session or operator token (per client address without credentials)' }),
+    login_rate: Type.String({ pattern: RATE_PATTERN, default: '5/min', description: 'login and password-reset attempts per client address and account' }),
+  }),
   shaping: Strict({ file: Type.Optional(Type.String({ minLength: 1, description: 'shaping rules; default: the shipped config/shaping.yaml' })) }),
   bounce: Strict({
     rules_file: Type.Optional(Type.String({ minLength: 1, description: 'bounce classification rules; default: the shipped config/bounce-rules.yaml' })),
@@ -241,7 +249,7 @@ export function buildConfig(doc: unknown, file: string | null = null): Config {
   if (doc === null || doc === undefined) doc = {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(['the file must hold a mapping of keys']);
   const withDefaults = Value.Default(ConfigSchema, structuredClone(doc)) as RawConfig;
-  const problems = schemaProblems(ConfigSchema, withDefaults, { [DATE_PATTERN]: 'a date; write it like "2026-12-01"' });
+  const problems = schemaProblems(ConfigSchema, withDefaults, { [DATE_PATTERN]: 'a date; write it like "2026-12-01"', [RATE_PATTERN]: 'a rate; write it like "100/min" or "5/10min"' });
   if (problems.length) throw new ConfigError(problems);
   return resolve(withDefaults, file, problems);
 }

@@ -73,6 +73,11 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
     return this.root.flushed as unknown as Promise<void>;
   }
 
+  /** The number of the last event written (0 when none). */
+  lastSeq(): number {
+    return this.seq;
+  }
+
   /** Reads events after `afterSeq`, oldest first. */
   events(afterSeq = 0, limit = 1000): TernEvent[] {
     const out: TernEvent[] = [];

@@ -34,7 +34,7 @@ export class QueueAdmin {
   /** actions that walk the spool run one at a time, so two never claim the same entry */
   private serial: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly deps: { config: Config; spool: Spool; scheduler: Scheduler; holds: Holds; store: Store; log: Logger }) {}
+  constructor(private readonly deps: { config: Config; spool: Spool; scheduler: Scheduler; holds: Holds; store: Store; log: Logger; tenants?: { get(id: string): unknown } }) {}
 
   /** Records the end of holds that ran out while the node was down, and watches for the next end. */
   async start(): Promise<void> {
@@ -55,7 +55,7 @@ export class QueueAdmin {
     if (!Object.keys(sel).length)
       throw new QueueInputError('no_selector', `Name the mail to act on with at least one of ${opts.source ? 'tenant, campaign, domain or source' : 'tenant, campaign or domain'}, e.g. {"domain": "example.com"}`);
     const { config } = this.deps;
-    if (sel.tenant !== undefined && !config.tenants[sel.tenant])
+    if (sel.tenant !== undefined && !config.tenants[sel.tenant] && !this.deps.tenants?.get(sel.tenant))
       throw new QueueInputError('unknown_tenant', `No tenant is named "${sel.tenant}"; the tenants are ${Object.keys(config.tenants).join(', ')}`);
     if (sel.domain !== undefined) {
       sel.domain = sel.domain.toLowerCase();

@@ -177,6 +177,8 @@ interface SchedulerDeps {
   mtaSts?: MtaStsPolicies;
   /** trust for outbound certificate checks when the operator added CAs (delivery.tls_ca_file) */
   tlsContext?: tls.SecureContext;
+  /** tenants made through the control API as well as the config's (config.tenants when absent) */
+  tenants?: { routing(id: string): { pool: string; bounce_domain: string | null } | undefined };
 }
 
 /** Recipients a message would hand to one provider (null: none of the shaping file's providers). */
@@ -495,7 +497,7 @@ export class Scheduler {
    * room today.
    */
   private pickSource(tenant: string, dests: Array<{ ok: boolean; site?: Site }> = [], skip?: string, needs: Need[] = [], passOver?: (source: string) => boolean): EgressSource | null {
-    const pool = this.deps.config.tenants[tenant]?.pool ?? 'default';
+    const pool = (this.deps.tenants?.routing(tenant) ?? this.deps.config.tenants[tenant])?.pool ?? 'default';
     const sources = this.sourcesByPool.get(pool) ?? this.sourcesByPool.get('default')!;
     const site = dests.find((d) => d.ok)?.site?.key;
     const n = this.rotation.get(pool) ?? 0;
@@ -757,7 +759,7 @@ export class Scheduler {
 
   /** The bounce domain of a tenant's VERP envelope senders. */
   private bounceDomainOf(tenant: string): string {
-    return this.deps.config.tenants[tenant]?.bounce_domain?.toLowerCase() ?? this.deps.config.bounce.domain;
+    return (this.deps.tenants?.routing(tenant) ?? this.deps.config.tenants[tenant])?.bounce_domain?.toLowerCase() ?? this.deps.config.bounce.domain;
   }
 
   /** The result of a remote refusal, after the backoff rules have seen it. */

@@ -16,6 +16,7 @@ import type { Scheduler } from './queues.js';
 import { newMessageId, type Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
 import type { SuppressionList } from '../bounce/suppression.js';
+import type { SendingPolicy } from '../control/tenants.js';
 
 interface SessionUser {
   username: string;
@@ -31,6 +32,10 @@ interface SubmissionDeps {
   log: Logger;
   metrics: Metrics;
   suppressions: SuppressionList;
+  /** SMTP credentials made through the control API, asked after the config's smtp_users */
+  credentials?: { verify(username: string, password: string): { tenant: string } | null };
+  /** refuses suspended tenants and counts daily quotas */
+  sending?: SendingPolicy;
 }
 
 const AUTH_FAILURE_LIMIT = 10;
@@ -130,8 +135,8 @@ export class SubmissionListener {
     else if (failures && failures.count >= AUTH_FAILURE_LIMIT)
       return cb(smtpError(454, '4.7.0', 'Too many failed authentication attempts; try again later'));
     const user = this.users.get(auth.username ?? '');
-    const ok = user !== undefined && crypto.timingSafeEqual(digest(auth.password ?? ''), user.password);
-    if (!ok) {
+    const tenant = user ? (crypto.timingSafeEqual(digest(auth.password ?? ''), user.password) ? user.tenant : null) : (this.deps.credentials?.verify(auth.username ?? '', auth.password ?? '')?.tenant ?? null);
+    if (tenant === null) {
       const f = this.authFailures.get(ip) ?? { count: 0, since: Date.now() };
       f.count++;
       this.authFailures.set(ip, f);
@@ -139,7 +144,7 @@ export class SubmissionListener {
       this.deps.log.warn({ ip, username: auth.username, listener: 'submission' }, 'authentication failed');
       return cb(smtpError(535, '5.7.8', 'Authentication credentials invalid'));
     }
-    cb(null, { user: { username: auth.username!, tenant: user.tenant } });
+    cb(null, { user: { username: auth.username!, tenant } });
   }
 
   private mayRelay(session: SMTPServerSession): boolean {
@@ -170,6 +175,11 @@ export class SubmissionListener {
     }
     if (session.envelope.rcptTo.length >= this.deps.config.submission.max_recipients)
       return cb(smtpError(452, '4.5.3', 'Too many recipients; send the rest in another transaction'));
+    const refusal = this.deps.sending?.refusal((session.user as unknown as SessionUser | undefined)?.tenant ?? 'default', session.envelope.rcptTo.length + 1);
+    if (refusal) {
+      this.deps.metrics.smtpRejections.inc({ reason: `tenant_${refusal.reason}` });
+      return cb(smtpError(refusal.smtp.code, refusal.smtp.status, refusal.smtp.text));
+    }
     cb();
   }
 
@@ -226,6 +236,9 @@ export class SubmissionListener {
       if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
       else recipients.push(address);
     }
+    // the quota counts what is accepted; a refusal here is temporary (4xx): the client may try tomorrow
+    if (this.deps.sending && !(await this.deps.sending.take(tenant, recipients.length)))
+      throw smtpError(451, '4.7.1', `Daily sending quota reached; it resets at 00:00 UTC`);
     const started = performance.now();
     let stored;
     try {
