@@ -13,7 +13,7 @@ export interface CallOptions {
   token?: string | null;
   body?: unknown;
   /** a raw body, sent as is */
-  raw?: string | Buffer;
+  raw?: string;
   headers?: Record<string, string>;
   cookie?: string;
 }

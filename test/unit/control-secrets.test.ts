@@ -62,7 +62,7 @@ describe('sealing (AES-256-GCM)', () => {
     fc.assert(
       fc.property(fc.nat(), fc.integer({ min: 1, max: 255 }), (at, x) => {
         const raw = Buffer.from(body, 'base64url');
-        raw[at % raw.length] ^= x;
+        raw[at % raw.length]! ^= x;
         expect(() => secrets.open(sealed.slice(0, sealed.lastIndexOf(':') + 1) + raw.toString('base64url'), 'dkim:acme:a.example:s1')).toThrow(SecretsError);
       }),
       { numRuns: 200 },
