@@ -90,7 +90,8 @@ export const controlFoundation: FastifyPluginAsync<ControlApiDeps> = async (app,
         },
       },
     },
-    transform: ({ schema, url, route }) => ({ url, schema: documented(schema as Record<string, unknown> | undefined, route as RouteOptions) as never }),
+    // a plugin's '/' route is reachable with and without the slash; the document names it without
+    transform: ({ schema, url, route }) => ({ url: url.length > 1 ? url.replace(/\/$/, '') : url, schema: documented(schema as Record<string, unknown> | undefined, route as RouteOptions) as never }),
   });
 
   app.setErrorHandler(errorHandler);
