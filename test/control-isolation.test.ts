@@ -4,7 +4,7 @@
  * tenant B's credentials (API key and session) against tenant A's resources, and answers 404 or B's own data,
  * never anything of A's; every route appears in the OpenAPI document, which is well-formed.
  */
-import Ajv2020 from 'ajv/dist/2020.js';
+import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSink, type Sink } from '../bench/sink.js';
