@@ -21,7 +21,7 @@ import { normalizeAddress } from '../core/net.js';
 import { looksLikeApiKey, type ApiKeys } from './api-keys.js';
 import type { AuditOrigin } from './audit.js';
 import { ApiError, badRequest, sendError } from './errors.js';
-import { ROLES, TENANT_ROLES, type Principal, type Role } from './roles.js';
+import type { Principal, Role } from './roles.js';
 import type { TenantDirectory } from './tenants.js';
 import type { SessionRecord, Users } from './users.js';
 
@@ -59,22 +59,17 @@ type Tagged = onRequestAsyncHookHandler & { access: RouteAccess };
 /** The hook a route declares its roles with; the route answers 401/403 before anything else is read. */
 export function allow(...roles: Role[]): Tagged {
   if (!roles.length) throw new Error('allow() needs at least one role; use allowAnyone() for public routes');
-  const access: RouteAccess = { roles, public: false };
-  const hook = async function (this: unknown, req: FastifyRequest, reply: FastifyReply) {
-    try {
-      await req.server.controlAuth.check(req, access);
-    } catch (err) {
-      if (err instanceof ApiError) return sendError(reply, err);
-      throw err;
-    }
-  };
-  return Object.assign(hook, { access }) as Tagged;
+  return guard({ roles, public: false });
 }
 
 /** For routes anyone may call (login, password reset, the OpenAPI document): still rate-limited by address. */
 export function allowAnyone(): Tagged {
-  const access: RouteAccess = { roles: [], public: true };
-  const hook = async function (this: unknown, req: FastifyRequest, reply: FastifyReply) {
+  return guard({ roles: [], public: true });
+}
+
+function guard(access: RouteAccess): Tagged {
+  // replies itself rather than throwing: a plugin with an error handler of its own (queues) keeps this answer
+  const hook = async function (req: FastifyRequest, reply: FastifyReply) {
     try {
       await req.server.controlAuth.check(req, access);
     } catch (err) {
@@ -219,4 +214,3 @@ export function rateKey(req: FastifyRequest): string {
   return p ? `${p.kind}:${p.id}` : `ip:${normalizeAddress(req.ip)}`;
 }
 
-export { ROLES, TENANT_ROLES };
