@@ -25,6 +25,7 @@ import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
+import { InboundListener } from './bounce/inbound.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 
@@ -44,7 +45,7 @@ export interface BounceParts {
 }
 
 export class TernNode {
-  readonly ports: { submission: number; control: number } = { submission: 0, control: 0 };
+  readonly ports: { submission: number; control: number; inbound: number } = { submission: 0, control: 0, inbound: 0 };
   private cronTasks: Array<{ stop(): void }> = [];
 
   private constructor(
@@ -57,6 +58,7 @@ export class TernNode {
     readonly warmup: Warmup,
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
+    private readonly inbound: InboundListener,
     private readonly control: FastifyInstance,
     private readonly resolver: DestinationResolver,
     readonly queueAdmin: QueueAdmin,
@@ -115,6 +117,9 @@ export class TernNode {
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
+    // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
+    const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
+    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics });
     let nodeRef: TernNode | null = null;
     const control = buildControlServer({
       metrics,
@@ -146,13 +151,14 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     nodeRef = node;
     try {
       scheduler.start();
       await queueAdmin.start();
       node.ports.submission = await submission.listen();
+      node.ports.inbound = await inbound.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
     } catch (err) {
@@ -171,13 +177,14 @@ export class TernNode {
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
       cron.schedule('* * * * *', () => void warmup.roll()),
     );
-    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
+    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, inbound: `${config.inbound.host}:${node.ports.inbound}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
     return node;
   }
 
   async stop(): Promise<void> {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
+    await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
     this.queueAdmin.stop();
     await this.scheduler.stop();
