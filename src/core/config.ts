@@ -124,6 +124,7 @@ export const ConfigSchema = Strict({
     data_timeout: Duration('10m', 'the reply after the message data'),
     mx_down_for: Duration('2m', 'skip an MX host that refused a connection for this long'),
     memory_queue_limit: Type.Integer({ minimum: 100, default: 20_000, description: 'queued recipients held in memory; the rest wait on disk' }),
+    memory_queue_per_domain: Type.Optional(Type.Integer({ minimum: 1, description: "most of the memory tier one domain may hold; default a quarter of memory_queue_limit" })),
     tls_ca_file: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA certificates trusted for outbound TLS and MTA-STS policy fetches, besides the built-in list' })),
     mta_sts: Strict({
       enabled: Type.Boolean({ default: true, description: 'honour recipient domains\' MTA-STS policies (RFC 8461)' }),
@@ -190,6 +191,7 @@ export interface Config {
     dataTimeoutMs: number;
     mxDownMs: number;
     memoryQueueLimit: number;
+    memoryQueuePerDomain: number;
     /** extra trusted CAs (PEM file), or null */
     tlsCaFile: string | null;
     mtaSts: { enabled: boolean; httpsPort: number; fetchTimeoutMs: number };
@@ -387,6 +389,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
       dataTimeoutMs: parseDuration(raw.delivery.data_timeout),
       mxDownMs: parseDuration(raw.delivery.mx_down_for),
       memoryQueueLimit: raw.delivery.memory_queue_limit,
+      memoryQueuePerDomain: Math.min(raw.delivery.memory_queue_per_domain ?? Math.floor(raw.delivery.memory_queue_limit / 4), raw.delivery.memory_queue_limit),
       tlsCaFile,
       mtaSts: { enabled: raw.delivery.mta_sts.enabled, httpsPort: raw.delivery.mta_sts.https_port, fetchTimeoutMs: parseDuration(raw.delivery.mta_sts.fetch_timeout) },
     },

@@ -23,6 +23,8 @@ import { classifyResponse, type BounceRules } from '../bounce/classify.js';
 import type { VerpCodec } from '../bounce/verp.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Order of schedule keys: due time, then message id, domain and first recipient. */
+const compareKeys = (a: ScheduleKey, b: ScheduleKey) => a[0] - b[0] || (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0) || (a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : 0) || a[3] - b[3];
 /** schedule entries one scan reads before yielding (entries held by an operator are read and passed over) */
 const SCAN_STEP = 5000;
 
@@ -187,6 +189,9 @@ export class Scheduler {
   /** jobs held in memory (resolving, ready or in flight), and how many recipients they carry */
   private readonly inMemory = new Set<string>();
   private memRecipients = 0;
+  /** recipients in memory per domain, and the first entry passed over because its domain had no room */
+  private readonly memByDomain = new Map<string, number>();
+  private readonly skipped = new Map<string, ScheduleKey>();
   private readonly readyQueues = new Map<string, ReadyQueue>();
   /** jobs waiting for their domain to resolve, by scheduled queue name */
   private readonly scheduled = new Map<string, number>();
@@ -230,13 +235,15 @@ export class Scheduler {
   /** Newly accepted jobs: admitted straight away while there is room and nothing older waits. */
   enqueue(jobs: Job[]): void {
     for (const job of jobs) this.queuedRecipients += job.rcpts.length;
-    if (!this.backlog && this.memRecipients < this.deps.config.delivery.memoryQueueLimit) this.admit(jobs);
+    if (!this.backlog && this.memRecipients < this.deps.config.delivery.memoryQueueLimit && jobs.every((j) => this.domainHasRoom(j))) this.admit(jobs);
     else for (const job of jobs) this.rewind(job.key);
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);
   }
 
   /** Makes the scanner look at `key` again (it was written behind the cursor). */
   private rewind(key: ScheduleKey): void {
+    // an entry due later is ahead of the cursor (which never passes now): the scanner meets it in time
+    if (key[0] > Date.now()) return;
     this.backlog = true;
     if (this.cursor && this.cursor[0] > key[0] - 1) this.cursor = [key[0] - 1];
     this.requestScan();
@@ -279,11 +286,22 @@ export class Scheduler {
       }
       this.cursor = job.key;
       if (this.deps.holds.blocking(job)) continue; // stays in the spool; holdsEnded() reads it again
+      // committed but not yet durable: its accept() has not returned, and enqueue() will bring it in. Taken
+      // now, it could be delivered and finished before enqueue() runs, which would then take it again.
+      if (this.deps.spool.isAccepting(job.msgId)) continue;
+      if (!this.domainHasRoom(job)) {
+        // its domain holds its share of memory already (a slow or dead destination must not starve the
+        // others): it stays in the spool, and the scanner comes back for it when the domain has room again
+        const first = this.skipped.get(job.domain);
+        if (!first || compareKeys(job.key, first) < 0) this.skipped.set(job.domain, job.key);
+        continue;
+      }
       if (!this.inMemory.has(jobKeyString(job.key))) group.push(job);
     }
     if (group.length) this.admit(group);
     this.backlog = full || more;
-    const next = this.deps.spool.nextDue();
+    // the first entry not yet due: everything due before it has been read (or is held in memory)
+    const next = this.deps.spool.nextDue(now);
     const wait = more ? 0 : full ? 250 : next === null ? 1000 : Math.max(10, Math.min(1000, next - Date.now()));
     this.timer = setTimeout(() => this.scan(), wait);
     this.timer.unref();
@@ -294,7 +312,7 @@ export class Scheduler {
    * so that recipients on domains sharing a site land in the ready queue side by side and share a transaction.
    */
   private admit(candidates: Job[]): void {
-    // the scanner can read an accepted message's entry before its fsync completes and enqueue() runs
+    // enqueue() of a message the scanner has already taken
     const jobs = candidates.filter((job) => !this.inMemory.has(jobKeyString(job.key)));
     if (!jobs.length) return;
     for (const job of jobs) this.hold(job);
@@ -784,10 +802,26 @@ export class Scheduler {
   private hold(job: Job): void {
     this.inMemory.add(jobKeyString(job.key));
     this.memRecipients += job.rcpts.length;
+    this.memByDomain.set(job.domain, (this.memByDomain.get(job.domain) ?? 0) + job.rcpts.length);
   }
 
   private release(job: Job): void {
-    if (this.inMemory.delete(jobKeyString(job.key))) this.memRecipients -= job.rcpts.length;
+    if (!this.inMemory.delete(jobKeyString(job.key))) return;
+    this.memRecipients -= job.rcpts.length;
+    const left = (this.memByDomain.get(job.domain) ?? job.rcpts.length) - job.rcpts.length;
+    if (left > 0) this.memByDomain.set(job.domain, left);
+    else this.memByDomain.delete(job.domain);
+    const skipped = this.skipped.get(job.domain);
+    if (skipped && left <= this.deps.config.delivery.memoryQueuePerDomain / 2) {
+      this.skipped.delete(job.domain);
+      this.rewind(skipped);
+    }
+  }
+
+  /** Whether the job's domain may take more of the memory tier (one job always fits an empty domain). */
+  private domainHasRoom(job: Job): boolean {
+    const held = this.memByDomain.get(job.domain) ?? 0;
+    return held === 0 || held + job.rcpts.length <= this.deps.config.delivery.memoryQueuePerDomain;
   }
 
   /** Ready queues and scheduled queues with their depths (for metrics and the admin API). */

@@ -150,6 +150,7 @@ export class Spool {
 
   /** called inside the transaction that records a final failure, so what it writes commits with it */
   onFinalFailure: ((tx: Tx, failure: FinalFailure) => void) | null = null;
+  private readonly accepting = new Set<string>();
 
   constructor(private readonly store: Store, private readonly retry: RetryPolicy) {
     this.messages = store.db('spool.messages');
@@ -166,6 +167,15 @@ export class Spool {
   async accept(input: AcceptInput): Promise<{ msgId: string; jobs: Job[] }> {
     const now = Date.now();
     const msgId = input.msgId ?? newMessageId(now);
+    this.accepting.add(msgId);
+    try {
+      return await this.acceptIn(input, msgId, now);
+    } finally {
+      this.accepting.delete(msgId);
+    }
+  }
+
+  private async acceptIn(input: AcceptInput, msgId: string, now: number): Promise<{ msgId: string; jobs: Job[] }> {
     const campaign = input.campaign ?? '-';
     const groups = new Map<string, JobRecipient[]>();
     input.recipients.forEach((to, i) => {
@@ -274,9 +284,14 @@ export class Spool {
   }
 
   /** Number of scheduled entries and the due time of the first (for metrics and idle waits). */
-  nextDue(): number | null {
-    for (const first of this.schedule.getKeys({ start: [0], limit: 1 })) if (Array.isArray(first)) return first[0];
+  nextDue(after = -1): number | null {
+    for (const first of this.schedule.getKeys({ start: [after + 1], limit: 1 })) if (Array.isArray(first)) return first[0];
     return null;
+  }
+
+  /** True while a message is being accepted: committed, perhaps, but its accept() has not returned. */
+  isAccepting(msgId: string): boolean {
+    return this.accepting.has(msgId);
   }
 
   scheduledCount(): number {
