@@ -108,7 +108,7 @@ export async function ingestReport(raw: Uint8Array, envelope: IngestEnvelope, de
 }
 
 /** Which recipients of which message the report is about. Reads the spool; writes nothing. */
-export function planReport(report: ClassifiedReport, attribution: Attribution | null, spool: SpoolReader): Plan {
+function planReport(report: ClassifiedReport, attribution: Attribution | null, spool: SpoolReader): Plan {
   const plan: Plan = { kind: report.kind, attribution, message: null, targets: [], leftOver: [], unattributedReason: null };
   if (report.kind === 'unknown') return plan;
   if (!attribution) {
