@@ -27,6 +27,8 @@ import { buildControlServer } from './control/server.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
+import { WebhookDelivery } from './events/webhooks.js';
+import { EventStreams } from './events/stream.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -66,6 +68,7 @@ export class TernNode {
   ) {}
 
   shaping!: Shaping;
+  webhooks!: WebhookDelivery;
 
   /** Re-reads the shaping file and applies it; on an invalid file the rules in force stay. */
   reloadShaping(): { ok: true; file: string } | { ok: false; problems: string[] } {
@@ -115,6 +118,7 @@ export class TernNode {
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
+    const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     let nodeRef: TernNode | null = null;
     const control = buildControlServer({
       metrics,
@@ -124,6 +128,7 @@ export class TernNode {
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
       queues: queueAdmin,
+      events: { webhooks, streams: new EventStreams({ store, node: config.hostname }) },
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -148,8 +153,10 @@ export class TernNode {
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
+    node.webhooks = webhooks;
     nodeRef = node;
     try {
+      await webhooks.start();
       scheduler.start();
       await queueAdmin.start();
       node.ports.submission = await submission.listen();
@@ -179,6 +186,7 @@ export class TernNode {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
     await this.control.close().catch(() => {});
+    await this.webhooks.stop();
     this.queueAdmin.stop();
     await this.scheduler.stop();
     await this.preparer.close();
