@@ -28,7 +28,6 @@ const SPECIAL_RANGES: Array<[cidr: string, what: string]> = [
   ['240.0.0.0/4', 'a reserved address'],
   ['::/128', 'an unspecified address'],
   ['::1/128', 'a loopback address'],
-  ['::ffff:0:0/96', 'an IPv4-mapped address'],
   ['::/96', 'an IPv4-compatible address'],
   ['64:ff9b:1::/48', 'a local NAT64 address'],
   ['100::/64', 'a discard-only address'],
@@ -48,12 +47,14 @@ const RANGES = SPECIAL_RANGES.map(([cidr, what]) => {
   return { cidr, what, list, family: c.family };
 });
 
-/** NAT64 (RFC 6052 well-known prefix): the address stands for the IPv4 address in its last 32 bits. */
-const NAT64 = (() => {
+const v6List = (address: string, prefix: number) => {
   const list = new net.BlockList();
-  list.addSubnet('64:ff9b::', 96, 'ipv6');
+  list.addSubnet(address, prefix, 'ipv6');
   return list;
-})();
+};
+/** NAT64 (RFC 6052 well-known prefix): the address stands for the IPv4 address in its last 32 bits. */
+const NAT64 = v6List('64:ff9b::', 96);
+const IPV4_MAPPED = v6List('::ffff:0:0', 96);
 
 function familyOf(address: string): 'ipv4' | 'ipv6' | null {
   return net.isIPv4(address) ? 'ipv4' : net.isIPv6(address) ? 'ipv6' : null;
@@ -83,12 +84,18 @@ function expandIpv6(address: string): number[] {
   return [...h, ...Array<number>(8 - h.length - r.length).fill(0), ...r];
 }
 
+/** The address to judge: an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, `::ffff:a00:1`) is its IPv4 address. */
+function canonical(address: string): string {
+  const a = normalizeAddress(address);
+  return net.isIPv6(a) && IPV4_MAPPED.check(a, 'ipv6') ? embeddedIpv4(a) : a;
+}
+
 /**
  * What kind of special-purpose address this is ("a loopback address"), or null for an ordinary public one.
  * IPv4-mapped IPv6 addresses are judged as the IPv4 address, NAT64 ones by the IPv4 address they embed.
  */
 export function specialRange(address: string): string | null {
-  const a = normalizeAddress(address);
+  const a = canonical(address);
   const family = familyOf(a);
   if (!family) return 'not an IP address';
   if (family === 'ipv6' && NAT64.check(a, 'ipv6')) {
@@ -115,7 +122,7 @@ export class AddressPolicy {
 
   /** `listed`: the address is in allow_networks (so plain http may go there). */
   check(address: string): AddressVerdict {
-    const a = normalizeAddress(address);
+    const a = canonical(address);
     const family = familyOf(a);
     if (!family) return { allowed: false, range: 'not an IP address' };
     if (this.allowNetworks.length && this.allow.check(a, family)) return { allowed: true, listed: true };

@@ -14,6 +14,21 @@ export interface FollowerRead {
   missing: number;
 }
 
+/** One 'events' listener per store hands each commit to every follower of it (there may be hundreds). */
+const followers = new WeakMap<Store, Set<OutboxFollower>>();
+
+function follow(store: Store, f: OutboxFollower): void {
+  let set = followers.get(store);
+  if (!set) {
+    const created = new Set<OutboxFollower>();
+    followers.set(store, (set = created));
+    store.on('events', (events) => {
+      for (const follower of created) follower.notify(events);
+    });
+  }
+  set.add(f);
+}
+
 /** most outbox entries one read() examines, so a long stretch of other tenants' events never blocks the loop */
 const SCAN_PER_READ = 5000;
 
@@ -31,10 +46,11 @@ export class OutboxFollower {
     private readonly match: (e: TernEvent) => boolean,
   ) {
     this.position = after;
-    store.on('events', this.onEvents);
+    follow(store, this);
   }
 
-  private readonly onEvents = (events: TernEvent[]): void => {
+  /** Called with each committed batch of events. */
+  notify(events: TernEvent[]): void {
     if (this.caughtUp && events[0]!.seq === this.position + 1 && !events.some(this.match)) {
       this.position = events.at(-1)!.seq;
       return;
@@ -42,7 +58,7 @@ export class OutboxFollower {
     this.caughtUp = false;
     this.signalled = true;
     this.wake();
-  };
+  }
 
   /** Up to `limit` matching events after the position, oldest first; moves the position past what it examined. */
   read(limit: number): FollowerRead {
@@ -95,7 +111,7 @@ export class OutboxFollower {
 
   close(): void {
     this.closed = true;
-    this.store.off('events', this.onEvents);
+    followers.get(this.store)?.delete(this);
     this.wake();
   }
 
