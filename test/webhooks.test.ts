@@ -3,7 +3,10 @@
  * on loopback (node:http), through a real DNS server where a host name is involved.
  */
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
+import { generate } from 'selfsigned';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
 import { startSink, type Sink } from '../bench/sink.js';
@@ -341,6 +344,60 @@ describe('where webhooks may go', () => {
       await node.stop();
       await redirecting.close();
       await elsewhere.close();
+    }
+  });
+
+  it('posts over https to the checked address, with the host name in Host, SNI and the certificate check', async () => {
+    const ca = await generate([{ name: 'commonName', value: 'Tern Test CA' }], {
+      keyType: 'rsa',
+      keySize: 2048,
+      algorithm: 'sha256',
+      extensions: [
+        { name: 'basicConstraints', cA: true, critical: true },
+        { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+      ],
+    });
+    const leaf = (name: string) =>
+      generate([{ name: 'commonName', value: name }], {
+        keyType: 'rsa',
+        keySize: 2048,
+        algorithm: 'sha256',
+        ca: { key: ca.private, cert: ca.cert },
+        extensions: [
+          { name: 'basicConstraints', cA: false },
+          { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
+          { name: 'extKeyUsage', serverAuth: true },
+          { name: 'subjectAltName', altNames: [{ type: 2 as const, value: name }] },
+        ],
+      });
+    const caFile = path.join(tempDir('tern-ca-'), 'ca.pem');
+    fs.writeFileSync(caFile, ca.cert);
+    const good = await leaf('hook.tern.test');
+    const wrong = await leaf('other.tern.test');
+    const [secure, misnamed] = await Promise.all([
+      startReceiver('127.0.0.1', 0, { key: good.private, cert: good.cert }),
+      startReceiver('127.0.0.1', 0, { key: wrong.private, cert: wrong.cert }),
+    ]);
+    const node = await startTestNode(baseConfig({
+      delivery: { tls_ca_file: caFile },
+      webhooks: [
+        { id: 'tls', tenant: 'acme', url: `https://hook.tern.test:${secure.port}/tls`, secret: SECRET_A, events: ['*'] },
+        { id: 'misnamed', tenant: 'acme', url: `https://hook.tern.test:${misnamed.port}/tls`, secret: SECRET_A, events: ['*'] },
+      ],
+      webhook_delivery: { allow_networks: ['127.0.0.0/8'], backoff_initial: '50ms', backoff_max: '100ms' },
+    }));
+    try {
+      await node.store.transact((tx) => tx.event('complained', { tenant: 'acme', rcpt: 'r@rcpt.tern.test' }));
+      await secure.waitFor((r) => r.events().length === 1);
+      expect(secure.requests[0]).toMatchObject({ servername: 'hook.tern.test', url: '/tls' });
+      expect(secure.requests[0]!.headers.host).toBe(`hook.tern.test:${secure.port}`);
+      await waitUntil(async () => (await endpointStatus(node, 'misnamed')).failures >= 1, 'the misnamed certificate refused');
+      expect((await endpointStatus(node, 'misnamed')).last_error).toMatch(/^https:\/\/hook\.tern\.test:\d+ via 127\.0\.0\.1: .*(altnames|certificate)/i);
+      expect(misnamed.requests).toHaveLength(0);
+    } finally {
+      await node.stop();
+      await secure.close();
+      await misnamed.close();
     }
   });
 

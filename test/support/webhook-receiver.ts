@@ -1,5 +1,7 @@
 /** A webhook receiver for tests: a real node:http server on loopback that records every request. */
 import http from 'node:http';
+import https from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 
 export interface ReceivedRequest {
@@ -11,6 +13,8 @@ export interface ReceivedRequest {
   body: string;
   /** what the receiver answered */
   status: number;
+  /** the TLS server name (SNI) the client asked for, on an https receiver */
+  servername: string | null;
 }
 
 export interface ReceivedEvent {
@@ -38,7 +42,8 @@ export interface Receiver {
   close(): Promise<void>;
 }
 
-export async function startReceiver(host = '127.0.0.1', port = 0): Promise<Receiver> {
+/** `tls`: serve https with this certificate. */
+export async function startReceiver(host = '127.0.0.1', port = 0, tls?: { key: string; cert: string }): Promise<Receiver> {
   let server: http.Server | null = null;
   const r: Receiver = {
     port,
@@ -57,22 +62,24 @@ export async function startReceiver(host = '127.0.0.1', port = 0): Promise<Recei
     },
     async up() {
       if (server) return;
-      const s = http.createServer((req, res) => {
+      const handle: http.RequestListener = (req, res) => {
         const chunks: Buffer[] = [];
         req.on('data', (c: Buffer) => chunks.push(c));
         req.on('end', () => {
           const { status, headers } = r.answer;
-          r.requests.push({ at: Date.now(), method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), status });
+          const servername = tls ? ((req.socket as TLSSocket).servername || null) : null;
+          r.requests.push({ at: Date.now(), method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), status, servername });
           res.writeHead(status, { 'content-type': 'text/plain', ...headers });
           res.end(status >= 200 && status < 300 ? 'ok' : `answer ${status}`);
         });
-      });
+      };
+      const s = tls ? https.createServer(tls, handle) : http.createServer(handle);
       await new Promise<void>((resolve, reject) => {
         s.once('error', reject);
         s.listen(r.port, host, () => resolve());
       });
       r.port = (s.address() as AddressInfo).port;
-      r.url = `http://${host}:${r.port}/hook`;
+      r.url = `${tls ? 'https' : 'http'}://${host}:${r.port}/hook`;
       server = s;
     },
     async waitFor(pred, timeoutMs = 20_000, what = 'the expected webhook requests') {
