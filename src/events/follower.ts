@@ -63,6 +63,7 @@ export class OutboxFollower {
   /** Up to `limit` matching events after the position, oldest first; moves the position past what it examined. */
   read(limit: number): FollowerRead {
     this.signalled = false;
+    this.caughtUp = false; // until this read reaches the end
     const out: TernEvent[] = [];
     let missing = 0;
     let scanned = 0;
