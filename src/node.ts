@@ -25,6 +25,7 @@ import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
+import { InboundListener } from './bounce/inbound.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 import { WebhookDelivery } from './events/webhooks.js';
@@ -46,7 +47,7 @@ export interface BounceParts {
 }
 
 export class TernNode {
-  readonly ports: { submission: number; control: number } = { submission: 0, control: 0 };
+  readonly ports: { submission: number; control: number; inbound: number } = { submission: 0, control: 0, inbound: 0 };
   private cronTasks: Array<{ stop(): void }> = [];
 
   private constructor(
@@ -59,6 +60,7 @@ export class TernNode {
     readonly warmup: Warmup,
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
+    private readonly inbound: InboundListener,
     private readonly control: FastifyInstance,
     private readonly resolver: DestinationResolver,
     readonly queueAdmin: QueueAdmin,
@@ -119,6 +121,9 @@ export class TernNode {
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
+    // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
+    const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
+    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics });
     let nodeRef: TernNode | null = null;
     const control = buildControlServer({
       metrics,
@@ -151,7 +156,7 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     node.webhooks = webhooks;
     nodeRef = node;
@@ -160,6 +165,7 @@ export class TernNode {
       scheduler.start();
       await queueAdmin.start();
       node.ports.submission = await submission.listen();
+      node.ports.inbound = await inbound.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
     } catch (err) {
@@ -178,13 +184,14 @@ export class TernNode {
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
       cron.schedule('* * * * *', () => void warmup.roll()),
     );
-    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
+    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, inbound: `${config.inbound.host}:${node.ports.inbound}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
     return node;
   }
 
   async stop(): Promise<void> {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
+    await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
     await this.webhooks.stop();
     this.queueAdmin.stop();

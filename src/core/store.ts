@@ -18,8 +18,8 @@ export interface TernEvent {
 }
 
 export interface Tx {
-  /** Records an event as part of this transaction (`at` defaults to now). */
-  event(type: string, fields: Record<string, unknown>): void;
+  /** Records an event as part of this transaction (`at` defaults to now); returns its sequence number. */
+  event(type: string, fields: Record<string, unknown>): number;
 }
 
 export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
@@ -69,6 +69,7 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
           events.push(e);
           const { seq, ...stored } = e;
           this.outbox.put(seq, stored, { append: true } as never); // seq only grows: pages fill completely
+          return seq;
         },
       };
       return change(tx);
