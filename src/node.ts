@@ -28,6 +28,8 @@ import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { InboundListener } from './bounce/inbound.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
+import { WebhookDelivery } from './events/webhooks.js';
+import { EventStreams } from './events/stream.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -68,6 +70,7 @@ export class TernNode {
   ) {}
 
   shaping!: Shaping;
+  webhooks!: WebhookDelivery;
 
   /** Re-reads the shaping file and applies it; on an invalid file the rules in force stay. */
   reloadShaping(): { ok: true; file: string } | { ok: false; problems: string[] } {
@@ -117,6 +120,7 @@ export class TernNode {
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
+    const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
     const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
     const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics });
@@ -129,6 +133,7 @@ export class TernNode {
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
       queues: queueAdmin,
+      events: { webhooks, streams: new EventStreams({ store, node: config.hostname }) },
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -153,8 +158,10 @@ export class TernNode {
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
+    node.webhooks = webhooks;
     nodeRef = node;
     try {
+      await webhooks.start();
       scheduler.start();
       await queueAdmin.start();
       node.ports.submission = await submission.listen();
@@ -186,6 +193,7 @@ export class TernNode {
     await this.submission.close().catch(() => {});
     await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
+    await this.webhooks.stop();
     this.queueAdmin.stop();
     await this.scheduler.stop();
     await this.preparer.close();

@@ -4,6 +4,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { Metrics } from '../core/metrics.js';
 import type { QueueAdmin } from '../mta/queue-admin.js';
 import { queueRoutes } from './queues.js';
+import { eventRoutes, type EventRoutesOptions } from '../events/routes.js';
 
 export interface ControlDeps {
   metrics: Metrics;
@@ -16,6 +17,8 @@ export interface ControlDeps {
   /** warmup state of every source on a plan, or of one */
   warmup: (source?: string) => unknown[];
   queues: QueueAdmin;
+  /** webhook status/enable and the live stream (absent: those routes are not served) */
+  events?: Pick<EventRoutesOptions, 'webhooks' | 'streams'>;
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message } });
@@ -64,5 +67,6 @@ export function buildControlServer(deps: ControlDeps): FastifyInstance {
     return reply.code(r.ok ? 200 : 422).send(r);
   });
   app.register(queueRoutes, { prefix: '/api/v1/queues', admin: deps.queues, operator });
+  if (deps.events) app.register(eventRoutes, { prefix: '/api/v1', ...deps.events, operator });
   return app;
 }

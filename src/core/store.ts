@@ -25,6 +25,8 @@ export interface Tx {
 export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   readonly root: RootDatabase;
   private readonly outbox: Database<{ at: number; type: string; [field: string]: unknown }, number>;
+  /** the highest event number ever written, kept when pruning empties the outbox, so numbers are never reused */
+  private readonly outboxMeta: Database<number, string>;
   private seq: number;
 
   constructor(dataDir: string) {
@@ -39,6 +41,13 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
       this.seq = last;
       break;
     }
+    this.outboxMeta = this.root.openDB({ name: 'events.meta' });
+    this.seq = Math.max(this.seq, this.outboxMeta.get('last_seq') ?? 0);
+  }
+
+  /** The number of the last event written (0 before the first). */
+  get lastSeq(): number {
+    return this.seq;
   }
 
   /** Opens a sub-database; records of one shape share their field names instead of storing them each time. */
@@ -95,7 +104,10 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
         old.push(key);
       }
       if (!old.length) return removed;
-      await this.root.transaction(() => old.forEach((k) => this.outbox.remove(k)));
+      await this.root.transaction(() => {
+        old.forEach((k) => this.outbox.remove(k));
+        this.outboxMeta.put('last_seq', this.seq); // cursors held by readers must stay meaningful after a restart
+      });
       removed += old.length;
       if (old.length < batch) return removed;
     }
