@@ -161,7 +161,8 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     hostname: 'tern.bench.tern.test',
     data_dir: path.join(opts.dir, 'data'),
     log: { level: opts.logLevel, file: path.join(opts.dir, 'tern.log') },
-    listeners: { submission: { host: '127.0.0.1', port }, control: { host: '127.0.0.1', port: controlPort } },
+    // inbound on any free port: the default (2525) is the sink's default too, and benchmarks run several nodes
+    listeners: { submission: { host: '127.0.0.1', port }, control: { host: '127.0.0.1', port: controlPort }, inbound: { host: '127.0.0.1', port: 0 } },
     smtp_users: [{ username: 'bench', password: 'bench-password', tenant: 'default' }],
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: opts.sinkPort }],
     dkim: { keys, ...(process.env.TERN_DKIM_WORKERS ? { workers: Number(process.env.TERN_DKIM_WORKERS) } : {}) },

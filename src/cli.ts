@@ -54,7 +54,7 @@ async function start(argv: string[]): Promise<void> {
     fail(`tern: could not start: ${(err as Error).message}`);
   }
   process.stdout.write(
-    `Tern is running: SMTP submission on ${config.submission.host}:${node.ports.submission}, control (metrics, health) on http://${config.control.host}:${node.ports.control}\n`,
+    `Tern is running: SMTP submission on ${config.submission.host}:${node.ports.submission}, inbound (bounces, complaints) on ${config.inbound.host}:${node.ports.inbound}, control (metrics, health) on http://${config.control.host}:${node.ports.control}\n`,
   );
   let stopping = false;
   const stop = async (signal: string) => {

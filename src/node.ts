@@ -27,8 +27,11 @@ import { buildControlServer } from './control/server.js';
 import { ControlPlane } from './control/plane.js';
 import { SystemMailer } from './control/mailer.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
+import { InboundListener } from './bounce/inbound.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
+import { WebhookDelivery } from './events/webhooks.js';
+import { EventStreams } from './events/stream.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -46,7 +49,7 @@ export interface BounceParts {
 }
 
 export class TernNode {
-  readonly ports: { submission: number; control: number } = { submission: 0, control: 0 };
+  readonly ports: { submission: number; control: number; inbound: number } = { submission: 0, control: 0, inbound: 0 };
   private cronTasks: Array<{ stop(): void }> = [];
 
   private constructor(
@@ -59,6 +62,7 @@ export class TernNode {
     readonly warmup: Warmup,
     private readonly preparer: Preparer,
     private readonly submission: SubmissionListener,
+    private readonly inbound: InboundListener,
     private readonly control: FastifyInstance,
     /** tenants, API keys, SMTP credentials, users, audit log (the control API's state) */
     readonly controlPlane: ControlPlane,
@@ -70,6 +74,7 @@ export class TernNode {
   ) {}
 
   shaping!: Shaping;
+  webhooks!: WebhookDelivery;
 
   /** Re-reads the shaping file and applies it; on an invalid file the rules in force stay. */
   reloadShaping(): { ok: true; file: string } | { ok: false; problems: string[] } {
@@ -120,6 +125,10 @@ export class TernNode {
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants });
+    const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
+    // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
+    const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
+    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics });
     let nodeRef: TernNode | null = null;
     const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
     const control = await buildControlServer({
@@ -131,6 +140,7 @@ export class TernNode {
       warmup: (source) => warmup.status(source),
       queues: queueAdmin,
       api: { plane: controlPlane, suppressions: bounces.suppressions, queues: queueAdmin, store, mailer, adminToken: config.adminToken },
+      events: { webhooks, streams: new EventStreams({ store, node: config.hostname }) },
       health: () => {
         const snap = scheduler.snapshot();
         const mem = process.memoryUsage();
@@ -153,14 +163,17 @@ export class TernNode {
       for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
     });
 
-    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, controlPlane, resolver, queueAdmin, mtaSts, bounces);
+    const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, controlPlane, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
+    node.webhooks = webhooks;
     nodeRef = node;
     try {
+      await webhooks.start();
       scheduler.start();
       await queueAdmin.start();
       controlPlane.start();
       node.ports.submission = await submission.listen();
+      node.ports.inbound = await inbound.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
     } catch (err) {
@@ -179,14 +192,16 @@ export class TernNode {
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
       cron.schedule('* * * * *', () => void warmup.roll()),
     );
-    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
+    log.info({ submission: `${config.submission.host}:${node.ports.submission}`, inbound: `${config.inbound.host}:${node.ports.inbound}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
     return node;
   }
 
   async stop(): Promise<void> {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
+    await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
+    await this.webhooks.stop();
     this.queueAdmin.stop();
     this.controlPlane.stop();
     await this.scheduler.stop();

@@ -107,6 +107,21 @@ describe('tenants, keys and SMTP credentials', () => {
     expect(JSON.stringify(other.body)).not.toContain('tenant1');
   });
 
+  it("a tenant's key streams its own events live, and no other tenant's", async () => {
+    const ac = new AbortController();
+    const res = await fetch(`http://127.0.0.1:${node.ports.control}/api/v1/events/stream?since=0`, { headers: { authorization: `Bearer ${owner}` }, signal: ac.signal });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const reader = res.body!.getReader();
+    let text = '';
+    while (!/"type":"delivered"/.test(text)) text += new TextDecoder().decode((await reader.read()).value);
+    ac.abort();
+    const tenants = [...text.matchAll(/"tenant":"([^"]*)"/g)].map((m) => m[1]);
+    expect(tenants.length).toBeGreaterThan(0);
+    expect(new Set(tenants)).toEqual(new Set(['acme']));
+    expect((await as(owner, 'GET', '/api/v1/events/stream?tenant=default')).status).toBe(403);
+  });
+
   it('config tenants are listed; what the file owns is changed only there', async () => {
     const d = await op('GET', '/api/v1/tenants/default');
     expect(d.body).toMatchObject({ id: 'default', managed_by: 'config', pool: 'default' });

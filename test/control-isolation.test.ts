@@ -71,7 +71,7 @@ const markers = () => ['alpha', A.keyId, A.credId, A.credUser, A.userId, A.invit
  * How to call each tenant-scoped route against A's resources: path parameters and a valid body. A route
  * missing here fails the test: add it, with A's resource in its parameters.
  */
-const REQUESTS: Record<string, { params?: () => Record<string, string>; body?: unknown }> = {
+const REQUESTS: Record<string, { params?: () => Record<string, string>; query?: string; body?: unknown }> = {
   'GET /api/v1/api-keys': {},
   'POST /api/v1/api-keys': { body: { name: 'b key', role: 'viewer' } },
   'DELETE /api/v1/api-keys/:id': { params: () => ({ id: A.keyId }) },
@@ -83,6 +83,8 @@ const REQUESTS: Record<string, { params?: () => Record<string, string>; body?: u
   'POST /api/v1/suppressions': { body: { address: 'b-own@beta-people.tern.test' } },
   'DELETE /api/v1/suppressions/:address': { params: () => ({ address: A.suppressed }) },
   'GET /api/v1/events': {},
+  // naming A's tenant: refused before any stream opens (B's own stream would never end)
+  'GET /api/v1/events/stream': { query: '?tenant=alpha' },
   'GET /api/v1/messages/:id': { params: () => ({ id: A.messageId }) },
   'GET /api/v1/users': {},
   'PATCH /api/v1/users/:id': { params: () => ({ id: A.userId }), body: { role: 'viewer' } },
@@ -119,7 +121,7 @@ describe('tenant isolation', () => {
       for (const r of [...scoped].sort((x, y) => Number(x.url.endsWith('/logout')) - Number(y.url.endsWith('/logout')))) {
         const spec = REQUESTS[`${r.method} ${r.url}`]!;
         const params = spec.params?.() ?? {};
-        const answer: Answer = await call(r.method, pathOf(r.url, params), withCredential({ body: spec.body }));
+        const answer: Answer = await call(r.method, pathOf(r.url, params) + (spec.query ?? ''), withCredential({ body: spec.body }));
         const what = `${kind}: ${r.method} ${r.url} → ${answer.status} ${JSON.stringify(answer.body).slice(0, 300)}`;
         expect(answer.status, what).toBeLessThan(500);
         let text = JSON.stringify(answer.body ?? '');

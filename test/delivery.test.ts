@@ -41,7 +41,14 @@ beforeAll(async () => {
   sink = await startSink({
     keep: true,
     idHeader: 'Message-ID',
-    decide: (ctx) => (ctx.stage === 'rcpt' && ctx.to!.at(-1)!.startsWith('refused') ? '550 5.1.1 No such user here' : undefined),
+    decide: (ctx) => {
+      if (ctx.stage !== 'rcpt') return undefined;
+      const to = ctx.to!.at(-1)!;
+      if (to.startsWith('refused')) return '550 5.1.1 No such user here';
+      if (to.startsWith('gone450')) return '450 4.1.1 User unknown in local recipient table';
+      if (to.startsWith('soft450')) return '450 4.2.0 Mailbox busy, try again';
+      return undefined;
+    },
   });
   dnsServer = await startDnsServer({
     records: [
@@ -182,6 +189,25 @@ describe('submission with AUTH', () => {
     const onlyId = /queued as (\S+)/.exec(only.response)![1]!;
     await waitForEvent(node, (e) => e.type === 'suppressed' && e.queue_id === onlyId);
     expect(node.spool.message(onlyId)).toBeUndefined();
+  });
+
+  it("fails at once a 4xx the operator's bounce rules call hard, instead of retrying it", async () => {
+    const dir = tempDir('tern-rules-');
+    const rules = path.join(dir, 'bounce-rules.yaml');
+    fs.writeFileSync(rules, 'include_shipped: true\nrules:\n  - name: legacy-450-unknown\n    code: 450\n    text: user unknown\n    category: userunknown\n    hard: true\n');
+    const strict = await startTestNode({ dns: { servers: [dnsServer.address] }, delivery: { smtp_port: sink.port }, bounce: { rules_file: rules } });
+    try {
+      await nodemailer
+        .createTransport({ host: '127.0.0.1', port: strict.ports.submission, auth: { user: 'tenant1', pass: 'secret-1' }, ignoreTLS: true })
+        .sendMail({ from: 'a@sender.tern.test', to: ['gone450@sink.tern.test', 'soft450@sink.tern.test'], text: 'x' });
+      const failed = await waitForEvent(strict, (e) => e.type === 'failed' && e.rcpt === 'gone450@sink.tern.test');
+      expect(failed[0]).toMatchObject({ category: 'userunknown', hard: true, attempts: 1 });
+      // a 4xx no rule calls hard is retried as before
+      const deferred = await waitForEvent(strict, (e) => e.type === 'deferred' && e.rcpt === 'soft450@sink.tern.test');
+      expect(deferred[0]).toMatchObject({ hard: false });
+    } finally {
+      await strict.stop();
+    }
   });
 
   it('without VERP, sends the recipients of one message on one site in one transaction', async () => {

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { DEFAULT_MAX_BYTES, unknownReport, type ParseOptions, type Report } from './parse.js';
 
 export interface BounceParserOptions extends ParseOptions {
-  /** parsing threads (default 1; each parses one message at a time) */
+  /** parsing threads (default 1; each parses one message at a time, holding up to 4 queued) */
   threads?: number;
   /** longest one parse may take once its thread has it (default 2 s) */
   deadlineMs?: number;
@@ -23,10 +23,17 @@ interface Job {
 
 const late = (deadlineMs: number) => unknownReport(`parsing took longer than ${deadlineMs} ms; stopped`);
 
+/** Messages handed to one thread at a time (it parses them one after the other). */
+const PIPELINE = 4;
+
 class ParserThread {
   private worker!: Worker;
   private ready = false;
-  private current: { id: number; job: Job; timer: NodeJS.Timeout; started: number } | null = null;
+  /** messages posted to the thread, oldest first: it parses them in that order, one at a time */
+  private readonly inFlight: Array<{ id: number; job: Job }> = [];
+  /** when the oldest in-flight message was (at the latest) taken up by the thread, and its deadline timer */
+  private headStarted = 0;
+  private timer: NodeJS.Timeout | null = null;
   readonly queue: Job[] = [];
   private nextId = 0;
   closed = false;
@@ -39,7 +46,7 @@ class ParserThread {
   }
 
   get load(): number {
-    return this.queue.length + (this.current ? 1 : 0);
+    return this.queue.length + this.inFlight.length;
   }
 
   private spawn(): void {
@@ -49,15 +56,16 @@ class ParserThread {
       resourceLimits: { maxOldGenerationSizeMb: this.options.maxHeapMb },
     });
     worker.on('message', (msg: { ready?: true; id?: number; report?: Report }) => {
+      if (worker !== this.worker) return;
       if (msg.ready) {
         this.ready = true;
         return this.next();
       }
-      const c = this.current;
-      if (!c || msg.id !== c.id) return;
+      const head = this.inFlight[0];
+      if (!head || msg.id !== head.id) return;
       // a result that comes in after the deadline (this thread was too busy to run the timer first) is late
       // all the same: the deadline holds whatever the timing of the event loop
-      this.finish(performance.now() - c.started > c.job.deadlineMs ? late(c.job.deadlineMs) : msg.report!);
+      this.finishHead(performance.now() - this.headStarted > head.job.deadlineMs ? late(head.job.deadlineMs) : msg.report!);
     });
     worker.on('error', () => {}); // reported through 'exit'
     worker.on('exit', (code) => {
@@ -69,48 +77,70 @@ class ParserThread {
         if (!this.closed) setTimeout(() => !this.closed && this.spawn(), 1000).unref();
         return;
       }
-      this.finish(unknownReport(`parser thread exited with code ${code}`));
-      if (!this.closed) this.spawn();
+      // the message it was parsing killed it (out of memory): that one is unknown, the rest go to a new thread
+      this.replace(unknownReport(`parser thread exited with code ${code}`));
     });
     this.worker = worker;
   }
 
-  private finish(report: Report): void {
-    const c = this.current;
-    if (!c) return;
-    clearTimeout(c.timer);
-    this.current = null;
-    c.job.resolve(report);
+  /** Answers the oldest in-flight message; the next one's deadline starts now (the thread has gone on to it). */
+  private finishHead(report: Report): void {
+    const head = this.inFlight.shift();
+    if (!head) return;
+    this.restartTimer();
+    head.job.resolve(report);
     this.next();
   }
 
-  /** Hands the next queued message to the thread, with its deadline starting now. */
-  next(): void {
-    if (!this.ready || this.current || this.closed) return;
-    const job = this.queue.shift();
-    if (!job) return;
-    const id = ++this.nextId;
-    const timer = setTimeout(() => this.expire(job.deadlineMs), job.deadlineMs);
-    this.current = { id, job, timer, started: performance.now() };
-    // a copy of the bytes that will be read, moved (not copied again) to the thread
-    const copy = new Uint8Array(Math.min(job.raw.byteLength, this.options.maxBytes));
-    copy.set(job.raw.subarray(0, copy.byteLength));
-    this.worker.postMessage({ id, raw: copy }, [copy.buffer]);
+  private restartTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const head = this.inFlight[0];
+    if (!head) return;
+    this.headStarted = performance.now();
+    this.timer = setTimeout(() => this.replace(late(head.job.deadlineMs)), head.job.deadlineMs);
   }
 
-  private expire(deadlineMs: number): void {
+  /**
+   * Hands queued messages to the thread, up to PIPELINE at a time: the thread goes from one to the next
+   * without waiting for this thread to read a result and post the next message, which is what limits the
+   * rate when this thread is busy (storing reports). Each message's deadline still covers its parse alone.
+   */
+  next(): void {
+    while (this.ready && !this.closed && this.inFlight.length < PIPELINE) {
+      const job = this.queue.shift();
+      if (!job) return;
+      const id = ++this.nextId;
+      this.inFlight.push({ id, job });
+      if (this.inFlight.length === 1) this.restartTimer();
+      // a copy of the bytes that will be read, moved (not copied again) to the thread
+      const copy = new Uint8Array(Math.min(job.raw.byteLength, this.options.maxBytes));
+      copy.set(job.raw.subarray(0, copy.byteLength));
+      this.worker.postMessage({ id, raw: copy }, [copy.buffer]);
+    }
+  }
+
+  /**
+   * The oldest in-flight message passed its deadline or killed the thread: it gets `report`; the thread is
+   * terminated and replaced, and the messages it had not reached go to the new one.
+   */
+  private replace(report: Report): void {
     const old = this.worker;
-    // the thread may be stuck in the parse: nothing more goes to it, a new one takes the queue
     this.ready = false;
+    const [head, ...rest] = this.inFlight.splice(0);
+    this.queue.unshift(...rest.map((r) => r.job));
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
     if (!this.closed) this.spawn();
     void old.terminate();
-    this.finish(late(deadlineMs));
+    head?.job.resolve(report);
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    for (const { job } of this.inFlight.splice(0)) job.resolve(unknownReport('parser closed'));
     for (const job of this.queue.splice(0)) job.resolve(unknownReport('parser closed'));
-    this.finish(unknownReport('parser closed'));
     await this.worker.terminate();
   }
 }

@@ -18,6 +18,8 @@ export interface SuppressionEntry {
   detail: string | null;
   /** the queue id of the message that caused it, when known */
   queue_id: string | null;
+  /** the event that caused it (`bounced`, `complained`, …) and its sequence number in the outbox, when known */
+  source?: { event: string; seq: number };
   at: number;
 }
 
@@ -52,7 +54,7 @@ export class SuppressionList {
     const at = entry.at ?? Date.now();
     this.entries.put(key, { ...entry, at });
     this.soft.remove(key);
-    tx.event('suppression_added', { at, tenant, rcpt: key[1], reason: entry.reason, detail: entry.detail, queue_id: entry.queue_id ?? undefined });
+    tx.event('suppression_added', { at, tenant, rcpt: key[1], reason: entry.reason, detail: entry.detail, queue_id: entry.queue_id ?? undefined, source_event: entry.source?.event, source_seq: entry.source?.seq });
     return true;
   }
 
@@ -60,12 +62,12 @@ export class SuppressionList {
    * Counts a soft bounce inside a transaction; suppresses once `softLimit` fall within the window.
    * Returns true when this bounce suppressed the address.
    */
-  softBounceIn(tx: Tx, tenant: string, address: string, detail: string | null, queueId: string | null, at = Date.now()): boolean {
+  softBounceIn(tx: Tx, tenant: string, address: string, detail: string | null, queueId: string | null, at = Date.now(), source?: SuppressionEntry['source']): boolean {
     const key: [string, string] = [tenant, normalizeRecipient(address)];
     if (this.entries.get(key)) return false;
     const recent = (this.soft.get(key) ?? []).filter((t) => t > at - this.opts.softWindowMs);
     recent.push(at);
-    if (recent.length >= this.opts.softLimit) return this.addIn(tx, tenant, address, { reason: 'soft_bounces', detail, queue_id: queueId, at });
+    if (recent.length >= this.opts.softLimit) return this.addIn(tx, tenant, address, { reason: 'soft_bounces', detail, queue_id: queueId, at, source });
     this.soft.put(key, recent.slice(-this.opts.softLimit));
     return false;
   }

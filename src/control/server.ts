@@ -15,6 +15,8 @@ import { smtpCredentialRoutes } from './routes/smtp-credentials.js';
 import { suppressionRoutes } from './routes/suppressions.js';
 import { tenantRoutes } from './routes/tenants.js';
 import { userRoutes } from './routes/users.js';
+import { eventRoutes as eventConsumerRoutes, type EventRoutesOptions } from '../events/routes.js';
+import { ALL_TENANTS } from '../events/types.js';
 
 export interface ControlDeps {
   metrics: Metrics;
@@ -29,6 +31,8 @@ export interface ControlDeps {
   queues: QueueAdmin;
   /** tenants, keys, credentials, users, audit: the control API (src/control/api.ts) */
   api: ControlApiDeps;
+  /** webhook status/enable and the live stream (absent: those routes are not served) */
+  events?: Pick<EventRoutesOptions, 'webhooks' | 'streams'>;
 }
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message, details: [] } });
@@ -82,5 +86,14 @@ export async function buildControlServer(deps: ControlDeps): Promise<FastifyInst
   app.register(userRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(sessionRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(auditRoutes, { prefix: '/api/v1', ...deps.api });
+  if (deps.events)
+    app.register(eventConsumerRoutes, {
+      prefix: '/api/v1',
+      ...deps.events,
+      operator,
+      // tenants stream their own events; the operator any tenant's (?tenant=), or the one named in X-Tern-Tenant
+      streamAccess: allow('operator', 'owner', 'admin', 'marketer', 'viewer'),
+      streamScope: async (req) => req.principal?.tenant ?? ALL_TENANTS,
+    });
   return app;
 }

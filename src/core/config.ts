@@ -11,6 +11,7 @@ import YAML from 'yaml';
 import { DURATION_PATTERN, SIZE_PATTERN, parseDuration, parseSize } from './units.js';
 import { parseCidr } from './net.js';
 import { RATE_PATTERN } from '../mta/rate.js';
+import { WEBHOOK_ID_PATTERN, resolveWebhooks, type WebhookSettings } from '../events/webhook-config.js';
 
 const Duration = (def: string, description: string) =>
   Type.String({ pattern: DURATION_PATTERN, default: def, description });
@@ -92,6 +93,17 @@ const Source = Type.Object(
   { additionalProperties: false },
 );
 
+const Webhook = Type.Object(
+  {
+    id: Type.Optional(Type.String({ pattern: WEBHOOK_ID_PATTERN, description: 'stable name (letters, digits, . _ -); default derived from tenant and url' })),
+    tenant: Type.String({ minLength: 1, description: 'a tenant, or "*" for every tenant and node events' }),
+    url: Type.String({ minLength: 1 }),
+    secret: Type.String({ minLength: 16, description: 'HMAC-SHA256 key of the Tern-Signature header' }),
+    events: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'event types, or ["*"]' }),
+  },
+  { additionalProperties: false },
+);
+
 const DkimKey = Type.Object(
   { domain: Type.String({ minLength: 1 }), selector: Type.String({ pattern: '^[A-Za-z0-9._-]+$' }), key_file: Type.String({ minLength: 1 }) },
   { additionalProperties: false },
@@ -143,6 +155,15 @@ export const ConfigSchema = Strict({
     max_age: Duration('3d', 'give up (expire) after this long'),
   }),
   events: Strict({ retention: Duration('7d', 'keep events this long') }),
+  webhooks: Type.Array(Webhook, { default: [] }),
+  webhook_delivery: Strict({
+    allow_networks: Type.Array(Type.String(), { default: [], description: 'CIDRs webhooks may reach although private/loopback; plain http only to these' }),
+    timeout: Duration('10s', 'one webhook request, connection to response'),
+    batch_size: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'most events in one webhook request' }),
+    backoff_initial: Duration('2s', 'wait after the first failed webhook request; doubles after each further failure'),
+    backoff_max: Duration('10m', 'longest wait between webhook retries'),
+    disable_after: Duration('24h', 'an endpoint failing this long without a success is disabled'),
+  }),
   control: Strict({
     admin_token: Type.Optional(Type.String({ minLength: 16, description: 'operator token for admin routes; TERN_ADMIN_TOKEN wins' })),
     public_url: Type.Optional(Type.String({ pattern: '^https?://[^\\s/]+(/[^\\s]*)?$', description: 'base URL of the admin web, for links in account mail; default: the control listener' })),
@@ -206,6 +227,7 @@ export interface Config {
   };
   retry: { scheduleMs: number[]; jitter: number; maxAgeMs: number };
   events: { retentionMs: number };
+  webhooks: WebhookSettings;
   shapingFile: string;
   inbound: Omit<RawConfig['listeners']['inbound'], 'tls'> & { maxMessageSize: number; idleTimeoutMs: number; dataTimeoutMs: number; tls?: { cert: string; key: string } };
   bounce: {
@@ -362,6 +384,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     p.sources.forEach((s, i) => {
       if (s.warmup && Number.isNaN(Date.parse(s.warmup.start))) problems.push(`pools.${pool}.sources[${i}].warmup.start: "${s.warmup.start}" is not a date; write it like "2026-12-01"`);
     });
+  const webhooks = resolveWebhooks(raw.webhooks, raw.webhook_delivery, { tenants: Object.keys(raw.tenants), retentionMs: parseDuration(raw.events.retention) }, problems);
   let maxMessageSize = 0;
   try {
     maxMessageSize = parseSize(sub.max_message_size);
@@ -403,6 +426,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
     },
     retry: { scheduleMs: raw.retry.schedule.map(parseDuration), jitter: raw.retry.jitter, maxAgeMs: parseDuration(raw.retry.max_age) },
     events: { retentionMs: parseDuration(raw.events.retention) },
+    webhooks,
     shapingFile,
     inbound: {
       ...raw.listeners.inbound,

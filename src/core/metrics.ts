@@ -24,6 +24,15 @@ export class Metrics {
   });
   readonly queueDepth = new Gauge({ name: 'tern_queue_recipients', help: 'recipients waiting, by tier', labelNames: ['tier'], registers: [this.registry] });
   readonly warmupPostponed = new Counter({ name: 'tern_warmup_postponed_recipients_total', help: 'recipients held for the next day because no source of their pool had warmup room', registers: [this.registry] });
+  readonly inboundReports = new Counter({ name: 'tern_inbound_reports_total', help: 'messages ingested by the inbound listener, by report kind (dsn, arf, autoreply, unknown) and result (attributed, unattributed, unknown)', labelNames: ['kind', 'result'], registers: [this.registry] });
+  readonly inboundRefusals = new Counter({ name: 'tern_inbound_refusals_total', help: 'commands or messages the inbound listener refused, by reason', labelNames: ['reason'], registers: [this.registry] });
+  readonly verpRejected = new Counter({ name: 'tern_verp_rejected_total', help: 'VERP addresses or X-Tern-Ref values that looked like ours and did not verify, by where they were (rcpt, report) and why (forged, malformed)', labelNames: ['where', 'reason'], registers: [this.registry] });
+  readonly inboundReportSeconds = new Histogram({
+    name: 'tern_inbound_report_seconds',
+    help: 'time from the end of DATA to the reply for one inbound report: parse, classify, store, fsync',
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+    registers: [this.registry],
+  });
   readonly readyQueueDepth = new Gauge({ name: 'tern_ready_queue_recipients', help: 'recipients in ready queues by site', labelNames: ['site'], registers: [this.registry] });
 
   constructor() {

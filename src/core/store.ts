@@ -18,13 +18,15 @@ export interface TernEvent {
 }
 
 export interface Tx {
-  /** Records an event as part of this transaction (`at` defaults to now). */
-  event(type: string, fields: Record<string, unknown>): void;
+  /** Records an event as part of this transaction (`at` defaults to now); returns its sequence number. */
+  event(type: string, fields: Record<string, unknown>): number;
 }
 
 export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   readonly root: RootDatabase;
   private readonly outbox: Database<{ at: number; type: string; [field: string]: unknown }, number>;
+  /** the highest event number ever written, kept when pruning empties the outbox, so numbers are never reused */
+  private readonly outboxMeta: Database<number, string>;
   private seq: number;
 
   constructor(dataDir: string) {
@@ -39,6 +41,13 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
       this.seq = last;
       break;
     }
+    this.outboxMeta = this.root.openDB({ name: 'events.meta' });
+    this.seq = Math.max(this.seq, this.outboxMeta.get('last_seq') ?? 0);
+  }
+
+  /** The number of the last event written (0 before the first). */
+  get lastSeq(): number {
+    return this.seq;
   }
 
   /** Opens a sub-database; records of one shape share their field names instead of storing them each time. */
@@ -60,6 +69,7 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
           events.push(e);
           const { seq, ...stored } = e;
           this.outbox.put(seq, stored, { append: true } as never); // seq only grows: pages fill completely
+          return seq;
         },
       };
       return change(tx);
@@ -71,11 +81,6 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   /** Resolves when everything committed so far is fsynced; concurrent callers share one fsync. */
   durable(): Promise<void> {
     return this.root.flushed as unknown as Promise<void>;
-  }
-
-  /** The number of the last event written (0 when none). */
-  lastSeq(): number {
-    return this.seq;
   }
 
   /** Reads events after `afterSeq`, oldest first. */
@@ -99,7 +104,10 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
         old.push(key);
       }
       if (!old.length) return removed;
-      await this.root.transaction(() => old.forEach((k) => this.outbox.remove(k)));
+      await this.root.transaction(() => {
+        old.forEach((k) => this.outbox.remove(k));
+        this.outboxMeta.put('last_seq', this.seq); // cursors held by readers must stay meaningful after a restart
+      });
       removed += old.length;
       if (old.length < batch) return removed;
     }

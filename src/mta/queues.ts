@@ -784,7 +784,9 @@ export class Scheduler {
       outcomes = outcomes.map((o) => {
         if (o.result === 'delivered') return o;
         const c = classifyResponse(rules, { text: o.response });
-        return { ...o, category: c.category, hard: c.hard, action: c.action };
+        // the classifier has the last word: a reply its rules call hard (a dead address) is final, even as a 4xx
+        const result = o.result === 'deferred' && c.hard ? 'failed' : o.result;
+        return { ...o, result, category: c.category, hard: c.hard, action: c.action };
       });
     for (const o of outcomes) this.deps.metrics.deliveries.inc({ result: o.result, site });
     const started = performance.now();

@@ -52,7 +52,8 @@ export interface RecipientRecord {
 /** One step in a recipient's life, kept with its state so that inspecting a message reads no events. */
 export interface HistoryEntry {
   at: number;
-  type: 'deferred' | 'delivered' | 'failed' | 'expired' | 'retried' | 'postponed';
+  /** bounced, dsn_delayed, complained, autoreply: a report that came back later (src/bounce/ingest.ts) */
+  type: 'deferred' | 'delivered' | 'failed' | 'expired' | 'retried' | 'postponed' | 'bounced' | 'dsn_delayed' | 'complained' | 'autoreply';
   /** the attempt it records (attempts made so far, for operator actions) */
   attempt: number;
   response?: string;
@@ -251,6 +252,24 @@ export class Spool {
     for (const { key, value } of this.recipients.getRange({ start: [msgId, 0], end: [msgId, Number.MAX_SAFE_INTEGER] }))
       out.push({ i: key[1], ...value });
     return out;
+  }
+
+  /** One recipient's state record. */
+  recipientState(msgId: string, i: number): RecipientRecord | undefined {
+    return this.recipients.get([msgId, i]);
+  }
+
+  /**
+   * Notes a report that came back about a recipient (DSN, complaint, auto-reply) in its history; a bounce
+   * also becomes its last reply. Its status stays what the delivery attempt made it. Call it inside
+   * `store.transact`, next to the report's event.
+   */
+  noteReportIn(msgId: string, i: number, step: { at: number; type: 'bounced' | 'dsn_delayed' | 'complained' | 'autoreply'; response?: string; mx?: string }): boolean {
+    const rec = this.recipients.get([msgId, i]);
+    if (!rec) return false;
+    const history = withStep(rec.history, { ...step, attempt: rec.attempts });
+    this.recipients.put([msgId, i], { ...rec, last: step.type === 'bounced' && step.response ? step.response : rec.last, updatedAt: step.at, history });
+    return true;
   }
 
   /** Scheduled entries due by `until`, in due order, starting after `after` (exclusive). */

@@ -15,6 +15,7 @@ import type { Preparer } from './prepare-pool.js';
 import type { Scheduler } from './queues.js';
 import { newMessageId, type Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
+import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessage } from './reception.js';
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy } from '../control/tenants.js';
 
@@ -50,7 +51,7 @@ const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
 
 export class SubmissionListener {
   readonly server: SMTPServer;
-  private readonly perIp = new Map<string, number>();
+  private readonly perIp: SessionsPerAddress;
   private readonly authFailures = new Map<string, { count: number; since: number }>();
   private readonly trusted: NetworkList;
   private readonly users: Map<string, { password: Buffer; tenant: string }>;
@@ -59,6 +60,7 @@ export class SubmissionListener {
     const { config, tls } = deps;
     const sub = config.submission;
     this.trusted = new NetworkList(config.trustedNetworks);
+    this.perIp = new SessionsPerAddress(sub.max_connections_per_ip);
     this.users = new Map(config.smtpUsers.map((u) => [u.username, { password: digest(u.password), tenant: u.tenant }]));
     this.server = new SMTPServer({
       name: config.hostname,
@@ -93,14 +95,7 @@ export class SubmissionListener {
 
   listen(): Promise<number> {
     const { host, port } = this.deps.config.submission;
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(new Error(`listeners.submission: cannot listen on ${host}:${port}: ${err.message}`));
-      this.server.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.server.removeListener('error', onError);
-        resolve((this.server.server.address() as { port: number }).port);
-      });
-    });
+    return listenSmtp(this.server, host, port, 'listeners.submission');
   }
 
   close(): Promise<void> {
@@ -108,11 +103,8 @@ export class SubmissionListener {
   }
 
   private onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
-    const ip = normalizeAddress(session.remoteAddress);
-    const n = (this.perIp.get(ip) ?? 0) + 1;
-    this.perIp.set(ip, n);
     this.deps.metrics.inboundConnections.inc({ listener: 'submission' });
-    if (n > this.deps.config.submission.max_connections_per_ip) {
+    if (!this.perIp.opened(session.remoteAddress)) {
       this.deps.metrics.smtpRejections.inc({ reason: 'per_ip_limit' });
       return cb(smtpError(421, '4.7.0', 'Too many connections from your address; try again later'));
     }
@@ -120,10 +112,7 @@ export class SubmissionListener {
   }
 
   private onClose(session: SMTPServerSession): void {
-    const ip = normalizeAddress(session.remoteAddress);
-    const n = (this.perIp.get(ip) ?? 1) - 1;
-    if (n > 0) this.perIp.set(ip, n);
-    else this.perIp.delete(ip);
+    this.perIp.closed(session.remoteAddress);
     this.deps.metrics.inboundConnections.dec({ listener: 'submission' });
   }
 
@@ -184,35 +173,16 @@ export class SubmissionListener {
   }
 
   private onData(stream: Readable & { sizeExceeded?: boolean }, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
-    const chunks: Buffer[] = [];
-    let timedOut = false;
-    const deadline = setTimeout(() => {
-      timedOut = true;
-      this.dropSession(session.id);
-    }, this.deps.config.submission.dataTimeoutMs);
-    stream.on('data', (chunk: Buffer) => {
-      if (!stream.sizeExceeded) chunks.push(chunk);
-    });
-    stream.on('error', (err) => {
-      clearTimeout(deadline);
-      cb(smtpError(451, '4.3.0', `Error reading message: ${err.message}`));
-    });
-    stream.on('end', () => {
-      clearTimeout(deadline);
-      if (timedOut) return cb(smtpError(421, '4.4.2', 'Message took too long to arrive'));
-      if (stream.sizeExceeded) {
-        this.deps.metrics.smtpRejections.inc({ reason: 'too_big' });
-        return cb(smtpError(552, '5.3.4', `Message exceeds the maximum size of ${this.deps.config.submission.maxMessageSize} bytes`));
-      }
-      // a buffer of its own (not a slice of Node's shared pool) so it can be moved to a worker thread
-      const raw = Buffer.allocUnsafeSlow(chunks.reduce((n, c) => n + c.length, 0));
-      let offset = 0;
-      for (const c of chunks) offset += c.copy(raw, offset);
-      this.accept(raw, session).then(
+    const sub = this.deps.config.submission;
+    readMessage(stream, { maxSize: sub.maxMessageSize, timeoutMs: sub.dataTimeoutMs, onTimeout: () => closeSession(this.server, session.id) })
+      .then((raw) => this.accept(raw, session))
+      .then(
         (reply) => cb(null, reply),
-        (err) => cb(err),
+        (err) => {
+          if (err instanceof MessageRefusal && err.reason === 'too_big') this.deps.metrics.smtpRejections.inc({ reason: 'too_big' });
+          cb(err);
+        },
       );
-    });
   }
 
   private async accept(raw: Buffer, session: SMTPServerSession): Promise<string> {
@@ -265,10 +235,5 @@ export class SubmissionListener {
     if (suppressed.length) metrics.recipientsSuppressed.inc(suppressed.length);
     scheduler.enqueue(stored.jobs);
     return `2.0.0 Ok: queued as ${stored.msgId}`;
-  }
-
-  private dropSession(id: string): void {
-    const connections = (this.server as unknown as { connections: Set<{ id: string; close(): void }> }).connections;
-    for (const c of connections) if (c.id === id) c.close();
   }
 }

@@ -245,6 +245,24 @@ describe('BounceParser (parsing threads with a deadline)', () => {
     expect([a.kind, b.kind]).toEqual(['dsn', 'arf']);
   });
 
+  it('hands the messages queued behind a parse that passed its deadline to the new thread', async () => {
+    const one = new BounceParser({ threads: 1 });
+    try {
+      // the thread holds several messages at a time: the ones behind the slow one are parsed all the same
+      const reports = await Promise.all([
+        one.parse(dsnWithHugeAttachment(), { deadlineMs: 1 }),
+        one.parse(read('postfix-dsn-userunknown.eml')),
+        one.parse(read('arf-aol.eml')),
+        one.parse(read('autoreply-rfc3834-en.eml')),
+        one.parse(read('exim-plain-userunknown.eml')),
+      ]);
+      expect(reports.map((r) => r.kind)).toEqual(['unknown', 'dsn', 'arf', 'autoreply', 'dsn']);
+      expect(reports[0]!.detail).toBe('parsing took longer than 1 ms; stopped');
+    } finally {
+      await one.close();
+    }
+  });
+
   it('answers unknown, without waiting, when a thread cannot even start', async () => {
     const starved = new BounceParser({ maxHeapMb: 1 });
     try {

@@ -52,7 +52,7 @@ function parseTime(text: string | undefined, field: string): number | null {
 /** The first sequence number whose event is at or after `time` (events are appended in time order). */
 export function firstSeqAtOrAfter(store: Store, time: number): number {
   let lo = 1;
-  let hi = store.lastSeq() + 1;
+  let hi = store.lastSeq + 1;
   while (lo < hi) {
     const mid = Math.floor((lo + hi) / 2);
     const e = store.events(mid - 1, 1)[0];
@@ -82,7 +82,7 @@ export const eventRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
       const until = parseTime(q.until, 'until');
       // the range of sequence numbers to read: [low, high)
       const low = since === null ? 1 : firstSeqAtOrAfter(store, since);
-      const high = until === null ? store.lastSeq() + 1 : firstSeqAtOrAfter(store, until);
+      const high = until === null ? store.lastSeq + 1 : firstSeqAtOrAfter(store, until);
       const cursor = decodeCursor(q.cursor, isNumber);
       const asc = q.order === 'asc';
       const matches = (e: TernEvent) =>

@@ -1,0 +1,105 @@
+import { describe, expect, it } from 'vitest';
+import { Store } from '../../src/core/store.js';
+import { OutboxFollower } from '../../src/events/follower.js';
+import { judgeAnswer, publicEvent, retryDelay } from '../../src/events/webhooks.js';
+import { filterOf, matchesFilter } from '../../src/events/types.js';
+import { tempDir } from '../support/node.js';
+
+describe('retryDelay', () => {
+  it('doubles from the first wait up to the cap, ±20 %', () => {
+    const mid = () => 0.5;
+    expect([1, 2, 3, 4, 5, 10, 50, 1000].map((n) => retryDelay(n, 2000, 600_000, mid))).toEqual([2000, 4000, 8000, 16_000, 32_000, 600_000, 600_000, 600_000]);
+    expect(retryDelay(1, 2000, 600_000, () => 0)).toBe(1600);
+    expect(retryDelay(1, 2000, 600_000, () => 0.999999)).toBe(2400);
+    expect(retryDelay(20, 2000, 600_000, () => 0.999999)).toBe(600_000); // never over the cap
+  });
+});
+
+describe('judgeAnswer', () => {
+  it('counts only a 2xx as delivered; a redirect is a failure, never followed', () => {
+    expect(judgeAnswer(200, null, '')).toEqual({ ok: true, status: 200 });
+    expect(judgeAnswer(204, null, '')).toEqual({ ok: true, status: 204 });
+    expect(judgeAnswer(301, 'https://elsewhere.example/', '')).toEqual({ ok: false, result: 'redirect', error: 'HTTP 301 redirect to https://elsewhere.example/ (redirects are not followed; configure the final URL)' });
+    expect(judgeAnswer(503, null, '  Service\n Unavailable ')).toEqual({ ok: false, result: 'http_error', error: 'HTTP 503: Service Unavailable' });
+    expect(judgeAnswer(410, null, '')).toEqual({ ok: false, result: 'http_error', error: 'HTTP 410' });
+    expect(judgeAnswer(100, null, '')).toMatchObject({ ok: false });
+  });
+});
+
+describe('events as published', () => {
+  it('have id, seq, type, at first, then the fields', () => {
+    const e = publicEvent({ seq: 7, at: 1, type: 'delivered', tenant: 'acme', rcpt: 'a@b' }, 'mta1');
+    expect(Object.keys(e)).toEqual(['id', 'seq', 'type', 'at', 'tenant', 'rcpt']);
+    expect(e.id).toBe('mta1:7');
+  });
+
+  it('go to the tenant they name; node events only to "*"', () => {
+    const acme = filterOf('acme', ['*']);
+    const ops = filterOf('*', ['*']);
+    expect(matchesFilter(acme, { type: 'delivered', tenant: 'acme' })).toBe(true);
+    expect(matchesFilter(acme, { type: 'delivered', tenant: 'beta' })).toBe(false);
+    expect(matchesFilter(acme, { type: 'warmup_advanced' })).toBe(false);
+    expect(matchesFilter(ops, { type: 'warmup_advanced' })).toBe(true);
+    expect(matchesFilter(filterOf('acme', ['failed']), { type: 'delivered', tenant: 'acme' })).toBe(false);
+  });
+});
+
+describe('OutboxFollower', () => {
+  it('reads matching events in order from its position, passes over others while caught up, and wakes on new ones', async () => {
+    const store = new Store(tempDir());
+    const add = (tenant: string, n: number) => store.transact((tx) => tx.event('delivered', { tenant, n }));
+    await add('a', 1);
+    await add('b', 2);
+    await add('a', 3);
+    const f = new OutboxFollower(store, 0, (e) => e.tenant === 'a');
+    expect(f.read(10).events.map((e) => e.n)).toEqual([1, 3]);
+    expect(f.position).toBe(3);
+    expect(f.idle).toBe(true);
+    // caught up: another tenant's events move the position without a read
+    await add('b', 4);
+    expect(f.position).toBe(4);
+    expect(f.idle).toBe(true);
+    // a matching one wakes the waiter
+    const woken = f.wait(10_000).then(() => 'woken');
+    await add('a', 5);
+    expect(await woken).toBe('woken');
+    expect(f.read(10).events.map((e) => e.n)).toEqual([5]);
+    // limit, then rewind (a reader that took fewer)
+    for (let i = 6; i < 12; i++) await add('a', i);
+    const batch = f.read(3).events;
+    expect(batch.map((e) => e.n)).toEqual([6, 7, 8]);
+    f.rewind(batch[0]!.seq);
+    expect(f.read(100).events.map((e) => e.n)).toEqual([7, 8, 9, 10, 11]);
+    f.close();
+    await store.close();
+  });
+
+  it('reports events pruned before it read them', async () => {
+    const store = new Store(tempDir());
+    for (let i = 1; i <= 5; i++) await store.transact((tx) => tx.event('delivered', { tenant: 'a', at: i }));
+    await store.pruneEvents(4); // events 1-3
+    const f = new OutboxFollower(store, 1, () => true);
+    expect(f.read(10)).toMatchObject({ missing: 2, events: [{ seq: 4 }, { seq: 5 }] });
+    // from the start (0) nothing counts as missing
+    const g = new OutboxFollower(store, 0, () => true);
+    expect(g.read(10).missing).toBe(0);
+    f.close();
+    g.close();
+    await store.close();
+  });
+});
+
+describe('event numbering', () => {
+  it('never reuses a number after retention emptied the outbox and the node restarted (cursors stay valid)', async () => {
+    const dir = tempDir();
+    let store = new Store(dir);
+    for (let i = 0; i < 3; i++) await store.transact((tx) => tx.event('delivered', { tenant: 'a' }));
+    expect(await store.pruneEvents(Date.now() + 1)).toBe(3);
+    await store.close();
+    store = new Store(dir);
+    expect(store.lastSeq).toBe(3);
+    await store.transact((tx) => tx.event('delivered', { tenant: 'a' }));
+    expect(store.events().map((e) => e.seq)).toEqual([4]);
+    await store.close();
+  });
+});
