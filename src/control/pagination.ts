@@ -3,7 +3,7 @@
  * A cursor is an opaque position (base64url JSON) inside the list it came from; the list's own bounds (the
  * caller's tenant, its filters) are applied on every page, so a forged cursor can only move within them.
  */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Type, type TSchema } from '@sinclair/typebox';
 import { badRequest } from './errors.js';
 
 export const PageQuery = {
@@ -49,8 +49,6 @@ export function pageOf<T>(fetched: T[], limit: number, positionOf: (last: T) => 
 }
 
 export const isString = (x: unknown): x is string => typeof x === 'string' && x.length <= 1024;
-export const isStringPair = (x: unknown): x is [string, string] => Array.isArray(x) && x.length === 2 && x.every(isString);
 export const isNumber = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 
 export type PageQuery = { limit?: number; cursor?: string };
-export type PageSchema<T extends TSchema> = Static<ReturnType<typeof Page<T>>>;
