@@ -12,7 +12,7 @@ import { createLogger, type Logger } from './core/log.js';
 import { Metrics } from './core/metrics.js';
 import { Store, type Tx } from './core/store.js';
 import { outboundCas, tlsMaterial } from './core/tls.js';
-import { DnsClient } from './mta/dns.js';
+import { DnsClient, resolverFor } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { createPreparer, readKeyMaterial, type Preparer } from './mta/prepare-pool.js';
 import { Scheduler } from './mta/queues.js';
@@ -100,9 +100,9 @@ export class TernNode {
     const metrics = new Metrics();
     fs.mkdirSync(config.dataDir, { recursive: true });
     const store = new Store(config.dataDir);
-    const controlPlane = new ControlPlane({ config, store, log });
-    const spool = new Spool(store, config.retry);
     const dns = new DnsClient(config.dns.servers, config.dns.timeoutMs);
+    const controlPlane = new ControlPlane({ config, store, log, resolve: resolverFor(dns) });
+    const spool = new Spool(store, config.retry);
     const resolver = new DestinationResolver(dns, config.routes, config.delivery.mxDownMs, config.delivery.smtpPort);
     const shaping = Shaping.load(config.shapingFile);
     const warmup = startWarmup(config, store, opts.clock);
@@ -122,13 +122,16 @@ export class TernNode {
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
+    // the keys of tenants' verified sending domains, now and whenever a domain's status changes
+    preparer.setTenantKeys(controlPlane.domains.signingKeys());
+    controlPlane.domains.onSigningKeys = (keys) => preparer.setTenantKeys(keys);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
-    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants });
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
     const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
-    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics });
+    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics, isBounceDomain: (d) => controlPlane.domains.isBounceDomain(d) || controlPlane.tenants.isBounceDomain(d) });
     let nodeRef: TernNode | null = null;
     const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
     const control = await buildControlServer({
@@ -191,6 +194,11 @@ export class TernNode {
       }),
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
       cron.schedule('* * * * *', () => void warmup.roll()),
+      // sending domains whose last DNS check is older than domains.recheck
+      cron.schedule('*/10 * * * *', async () => {
+        const n = await controlPlane.domains.recheckDue().catch((err) => log.warn({ err }, 'domains: recheck failed'));
+        if (n) log.info({ domains: n }, 'domains: DNS rechecked');
+      }),
     );
     log.info({ submission: `${config.submission.host}:${node.ports.submission}`, inbound: `${config.inbound.host}:${node.ports.inbound}`, control: `${config.control.host}:${node.ports.control}`, data_dir: config.dataDir }, 'tern node started');
     return node;

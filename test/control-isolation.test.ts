@@ -21,12 +21,13 @@ let call: ReturnType<typeof controlApi>;
 let routes: RouteEntry[];
 
 /** what tenant A has, by kind; every value is something B must never see */
-const A = { key: '', keyId: '', credId: '', credUser: '', credPass: '', userId: '', inviteId: '', messageId: '', suppressed: 'kept@alpha-people.tern.test' };
+const A = { domain: 'alpha-sender.tern.test', key: '', keyId: '', credId: '', credUser: '', credPass: '', userId: '', inviteId: '', messageId: '', suppressed: 'kept@alpha-people.tern.test' };
 let bKey = '';
 let bSession: { cookie: string; csrf: string } = { cookie: '', csrf: '' };
 
 async function tenantWithOwner(id: string): Promise<string> {
-  expect((await call('POST', '/api/v1/tenants', { token: TOKEN, body: { id } })).status).toBe(201);
+  // they send From domains they have not verified
+  expect((await call('POST', '/api/v1/tenants', { token: TOKEN, body: { id, allow_unverified_domains: true } })).status).toBe(201);
   return (await call('POST', `/api/v1/tenants/${id}/api-keys`, { token: TOKEN, body: { name: `${id} owner`, role: 'owner' } })).body.token;
 }
 
@@ -49,6 +50,7 @@ beforeAll(async () => {
   const cred = await call('POST', '/api/v1/smtp-credentials', { token: A.key, body: { name: 'alpha app' } });
   [A.credId, A.credUser, A.credPass] = [cred.body.id, cred.body.username, cred.body.password];
   await call('POST', '/api/v1/suppressions', { token: A.key, body: { address: A.suppressed, reason: 'alpha reason' } });
+  expect((await call('POST', '/api/v1/domains', { token: A.key, body: { domain: A.domain } })).status).toBe(201);
   A.userId = await userOf(A.key, 'alice@alpha-people.tern.test', 'alpha password 1');
   A.inviteId = (await call('POST', '/api/v1/invitations', { token: A.key, body: { email: 'pending@alpha-people.tern.test', role: 'viewer' } })).body.id;
   A.messageId = await sendAs(node.ports.submission, { user: A.credUser, pass: A.credPass }, 'someone@alpha-rcpt.tern.test', { from: 'news@alpha-sender.tern.test' });
@@ -82,6 +84,11 @@ const REQUESTS: Record<string, { params?: () => Record<string, string>; query?: 
   'GET /api/v1/suppressions/:address': { params: () => ({ address: A.suppressed }) },
   'POST /api/v1/suppressions': { body: { address: 'b-own@beta-people.tern.test' } },
   'DELETE /api/v1/suppressions/:address': { params: () => ({ address: A.suppressed }) },
+  'GET /api/v1/domains': {},
+  'POST /api/v1/domains': { body: { domain: 'b-own.beta-people.tern.test' } },
+  'GET /api/v1/domains/:domain': { params: () => ({ domain: A.domain }) },
+  'DELETE /api/v1/domains/:domain': { params: () => ({ domain: A.domain }) },
+  'POST /api/v1/domains/:domain/check': { params: () => ({ domain: A.domain }) },
   'GET /api/v1/events': {},
   // naming A's tenant: refused before any stream opens (B's own stream would never end)
   'GET /api/v1/events/stream': { query: '?tenant=alpha' },
@@ -141,6 +148,7 @@ describe('tenant isolation', () => {
     // and A's resources are all still there
     expect((await call('GET', '/api/v1/api-keys', { token: A.key })).body.items.map((k: { id: string }) => k.id)).toContain(A.keyId);
     expect((await call('GET', `/api/v1/suppressions/${A.suppressed}`, { token: A.key })).status).toBe(200);
+    expect((await call('GET', `/api/v1/domains/${A.domain}`, { token: A.key })).body).toMatchObject({ domain: A.domain, status: 'pending', last_check: null });
     expect((await call('GET', '/api/v1/users', { token: A.key })).body.items.map((u: { id: string; role: string }) => [u.id, u.role])).toEqual([[A.userId, 'admin']]);
     expect((await call('GET', '/api/v1/invitations', { token: A.key })).body.items.map((i: { id: string }) => i.id)).toEqual([A.inviteId]);
     expect((await call('GET', `/api/v1/messages/${A.messageId}`, { token: A.key })).status).toBe(200);

@@ -1,6 +1,7 @@
 /**
  * The inbound SMTP listener: where bounces (DSNs), complaints (ARF) and auto-replies come back. The bounce
- * domains' MX points here. It takes mail only for the node's bounce and FBL domains and is never a relay:
+ * domains' MX points here. It takes mail only for the node's bounce and FBL domains (the config's, tenants'
+ * own, and the bounce subdomains of verified sending domains) and is never a relay:
  *
  *   b-<token>@<bounce domain>      the token must verify (a forged or altered one: 550 5.1.1, logged)
  *   postmaster@ / abuse@<bounce domain>, and <postmaster> alone (RFC 5321 §4.5.1)
@@ -44,6 +45,13 @@ export interface InboundDeps {
   tls: TlsMaterial;
   log: Logger;
   metrics: Metrics;
+  /** bounce domains known at run time besides the config's: bounce subdomains of verified sending domains, tenants' own */
+  isBounceDomain?: (domain: string) => boolean;
+}
+
+/** A set of domains, or anything that answers membership (the bounce domains change as sending domains are verified). */
+export interface DomainSet {
+  has(domain: string): boolean;
 }
 
 export type RecipientVerdict =
@@ -53,7 +61,7 @@ export type RecipientVerdict =
 const ROLE_ACCOUNTS = new Set(['postmaster', 'abuse']);
 
 /** Whether the inbound listener takes mail for `address`. Pure: the listener logs and counts the refusals. */
-export function recipientVerdict(address: string, domains: { bounce: ReadonlySet<string>; fbl: ReadonlySet<string> }, verp: VerpCodec): RecipientVerdict {
+export function recipientVerdict(address: string, domains: { bounce: DomainSet; fbl: DomainSet }, verp: VerpCodec): RecipientVerdict {
   const at = address.lastIndexOf('@');
   const local = (at < 0 ? address : address.slice(0, at)).toLowerCase();
   if (at < 0) return local === 'postmaster' ? { ok: true, as: 'postmaster' } : { ok: false, code: 550, status: '5.1.3', text: 'A recipient needs a domain', reason: 'unknown_recipient' };
@@ -75,7 +83,7 @@ export function recipientVerdict(address: string, domains: { bounce: ReadonlySet
 export class InboundListener {
   readonly server: SMTPServer;
   private readonly perIp: SessionsPerAddress;
-  private readonly domains: { bounce: ReadonlySet<string>; fbl: ReadonlySet<string> };
+  private readonly domains: { bounce: DomainSet; fbl: DomainSet };
   /** made on the first report, so a node that never gets one starts no parsing threads */
   private parser: BounceParser | null = null;
   private closed = false;
@@ -84,7 +92,9 @@ export class InboundListener {
     const { config, tls } = deps;
     const opts = config.inbound;
     this.perIp = new SessionsPerAddress(opts.max_connections_per_ip);
-    this.domains = { bounce: new Set(config.bounce.bounceDomains), fbl: new Set(config.bounce.fblDomains) };
+    const configured = new Set(config.bounce.bounceDomains);
+    const dynamic = deps.isBounceDomain;
+    this.domains = { bounce: { has: (d) => configured.has(d) || Boolean(dynamic?.(d)) }, fbl: new Set(config.bounce.fblDomains) };
     this.server = new SMTPServer({
       name: config.hostname,
       banner: 'Tern ESMTP (bounces and feedback only)',

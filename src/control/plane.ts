@@ -10,7 +10,10 @@ import type { Logger } from '../core/log.js';
 import type { Store, Tx } from '../core/store.js';
 import { parseDuration } from '../core/units.js';
 import { parseRate, type Rate } from '../mta/rate.js';
+import { DnsClient, resolverFor } from '../mta/dns.js';
 import { ApiKeys } from './api-keys.js';
+import type { Resolve } from './domain-checks.js';
+import { SendingDomains } from './domains.js';
 import { AuditLog, type AuditInput, type AuditOrigin } from './audit.js';
 import { Secrets } from './secrets.js';
 import { SmtpCredentials } from './smtp-credentials.js';
@@ -43,12 +46,14 @@ export class ControlPlane {
   readonly tenants: TenantDirectory;
   readonly apiKeys: ApiKeys;
   readonly smtpCredentials: SmtpCredentials;
+  readonly domains: SendingDomains;
   readonly users: Users;
   readonly audit: AuditLog;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
-    readonly deps: { config: Config; store: Store; log: Logger; env?: NodeJS.ProcessEnv },
+    /** resolve: how domain checks ask DNS (the node's DnsClient; by default one on the configured servers) */
+    readonly deps: { config: Config; store: Store; log: Logger; env?: NodeJS.ProcessEnv; resolve?: Resolve },
   ) {
     const { config, store } = deps;
     this.settings = controlSettings(config);
@@ -57,6 +62,7 @@ export class ControlPlane {
     this.apiKeys = new ApiKeys(store);
     const configUsers = new Set(config.smtpUsers.map((u) => u.username));
     this.smtpCredentials = new SmtpCredentials(store, this.secrets, (u) => configUsers.has(u));
+    this.domains = new SendingDomains({ store, secrets: this.secrets, config, tenants: this.tenants, resolve: deps.resolve ?? resolverFor(new DnsClient(config.dns.servers, config.dns.timeoutMs)) });
     this.users = new Users(store);
     this.audit = new AuditLog(store);
   }

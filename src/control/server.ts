@@ -8,6 +8,7 @@ import { controlFoundation, type ControlApiDeps } from './api.js';
 import { allow } from './auth.js';
 import { auditRoutes } from './routes/audit.js';
 import { apiKeyRoutes } from './routes/api-keys.js';
+import { domainRoutes } from './routes/domains.js';
 import { eventRoutes } from './routes/events.js';
 import { messageRoutes } from './routes/messages.js';
 import { sessionRoutes } from './routes/session.js';
@@ -81,6 +82,7 @@ export async function buildControlServer(deps: ControlDeps): Promise<FastifyInst
   app.register(apiKeyRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(smtpCredentialRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(suppressionRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(domainRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(eventRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(messageRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(userRoutes, { prefix: '/api/v1', ...deps.api });

@@ -28,6 +28,11 @@ export interface TenantRecord {
   bounce_domain: string | null;
   /** open and click tracking for this tenant's mail (used by the tracking step) */
   tracking: boolean;
+  /**
+   * may send From domains that are not verified sending domains of its own (see domains.ts). False for API
+   * tenants unless the operator allows it; true for the config file's tenants (they sign with dkim.keys).
+   */
+  allow_unverified_domains: boolean;
   created_at: number;
   updated_at: number;
   deleted_at: number | null;
@@ -38,14 +43,14 @@ export interface TenantRecord {
 export type Tenant = TenantRecord;
 
 /** The fields a PATCH may set. */
-export type TenantChange = Partial<Pick<TenantRecord, 'name' | 'pool' | 'suspended' | 'suspended_reason' | 'daily_quota' | 'bounce_domain' | 'tracking'>>;
+export type TenantChange = Partial<Pick<TenantRecord, 'name' | 'pool' | 'suspended' | 'suspended_reason' | 'daily_quota' | 'bounce_domain' | 'tracking' | 'allow_unverified_domains'>>;
 
 /** Fields only the config file sets for the tenants it names. */
 export const CONFIG_OWNED: ReadonlyArray<keyof TenantChange> = ['pool', 'bounce_domain'];
 
 /** Why a tenant may not send now, for SMTP and for HTTP. */
 export interface SendingRefusal {
-  reason: 'suspended' | 'quota' | 'unknown_tenant';
+  reason: 'suspended' | 'quota' | 'unknown_tenant' | 'unverified_domain';
   smtp: { code: number; status: string; text: string };
   http: { status: number; code: string; message: string };
 }
@@ -80,7 +85,7 @@ export class TenantDirectory implements SendingPolicy {
       // remember the id: should the file drop this tenant one day, the id stays taken (a tombstone)
       if (!this.records.get(id)) {
         const now = this.clock();
-        const overlay: TenantRecord = { id, name: id, pool: '', suspended: false, suspended_reason: null, daily_quota: null, bounce_domain: null, tracking: false, created_at: now, updated_at: now, deleted_at: null, managed_by: 'config' };
+        const overlay: TenantRecord = { id, name: id, pool: '', suspended: false, suspended_reason: null, daily_quota: null, bounce_domain: null, tracking: false, allow_unverified_domains: true, created_at: now, updated_at: now, deleted_at: null, managed_by: 'config' };
         this.records.putSync(id, overlay);
       }
       this.refresh(id);
@@ -101,6 +106,7 @@ export class TenantDirectory implements SendingPolicy {
       daily_quota: r?.daily_quota ?? null,
       bounce_domain: c.bounce_domain?.toLowerCase() ?? null,
       tracking: r?.tracking ?? false,
+      allow_unverified_domains: r?.allow_unverified_domains ?? true,
       created_at: r?.created_at ?? 0,
       updated_at: r?.updated_at ?? 0,
       deleted_at: null,
@@ -131,6 +137,12 @@ export class TenantDirectory implements SendingPolicy {
     return this.all.get(id);
   }
 
+  /** True when `domain` is the bounce domain of a tenant made through the API (the config's are in config.bounce). */
+  isBounceDomain(domain: string): boolean {
+    for (const t of this.all.values()) if (t.managed_by === 'api' && t.bounce_domain === domain) return true;
+    return false;
+  }
+
   /** True when the id was ever used (live, deleted, or in the config). */
   taken(id: string): boolean {
     return this.all.has(id);
@@ -156,6 +168,7 @@ export class TenantDirectory implements SendingPolicy {
       daily_quota: input.daily_quota ?? null,
       bounce_domain: input.bounce_domain ?? null,
       tracking: input.tracking ?? false,
+      allow_unverified_domains: input.allow_unverified_domains ?? false,
       created_at: now,
       updated_at: now,
       deleted_at: null,

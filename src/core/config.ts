@@ -182,6 +182,15 @@ export const ConfigSchema = Strict({
     soft_bounce_window: Duration('7d', 'soft bounces counted within this long'),
     feedback_sender_id: Type.String({ pattern: '^[A-Za-z0-9._-]{1,64}$', default: 'tern', description: 'last field of Feedback-ID' }),
   }),
+  domains: Strict({
+    inbound_mx: Type.Optional(Type.String({ pattern: DomainName.pattern, description: 'host the MX of sending domains\' bounce subdomains points to (the inbound listener); default: hostname' })),
+    tracking_cname: Type.Optional(Type.String({ pattern: DomainName.pattern, description: 'host the tracking subdomains of sending domains are a CNAME of; default: hostname' })),
+    spf_include: Type.Optional(Type.String({ pattern: DomainName.pattern, description: 'SPF records of sending domains say include:<this>; default: the ip4:/ip6: of the tenant\'s pool' })),
+    dmarc_rua: Type.Optional(Type.String({ pattern: '^[^\\s@<>;,]+@[A-Za-z0-9.-]+$', description: 'address in the suggested DMARC record\'s rua=; default postmaster@<domain>' })),
+    bounce_label: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$', default: 'bounces', description: 'a sending domain\'s bounce subdomain is <label>.<domain>' }),
+    tracking_label: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$', default: 'track', description: 'a sending domain\'s tracking subdomain is <label>.<domain>' }),
+    recheck: Duration('6h', 'the DNS of every sending domain is checked again this often'),
+  }),
   warmup: Strict({
     file: Type.Optional(Type.String({ minLength: 1, description: 'warmup plans; default: the shipped config/warmup.yaml' })),
     plans: Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { default: {}, description: 'more plans (same shape as in the file; these win)' }),
@@ -243,6 +252,8 @@ export interface Config {
     feedbackSenderId: string;
   };
   warmup: { file: string; plans: Record<string, unknown>; idleResetDays: number };
+  /** sending domains made through the control API: what their DNS records point to */
+  domains: { inboundMx: string; trackingCname: string; spfInclude: string | null; dmarcRua: string | null; bounceLabel: string; trackingLabel: string; recheckMs: number };
   /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
   adminToken: string | null;
 }
@@ -446,6 +457,15 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
       feedbackSenderId: raw.bounce.feedback_sender_id,
     },
     warmup: { file: warmupFile, plans: raw.warmup.plans, idleResetDays: Math.max(1, Math.round(parseDuration(raw.warmup.idle_reset) / 86_400_000)) },
+    domains: {
+      inboundMx: (raw.domains.inbound_mx ?? raw.hostname).toLowerCase(),
+      trackingCname: (raw.domains.tracking_cname ?? raw.hostname).toLowerCase(),
+      spfInclude: raw.domains.spf_include?.toLowerCase() ?? null,
+      dmarcRua: raw.domains.dmarc_rua ?? null,
+      bounceLabel: raw.domains.bounce_label,
+      trackingLabel: raw.domains.tracking_label,
+      recheckMs: parseDuration(raw.domains.recheck),
+    },
     adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
   };
 }

@@ -8,7 +8,7 @@ import net from 'node:net';
 import crypto from 'node:crypto';
 import * as packet from 'dns-packet';
 
-export type RrType = 'MX' | 'A' | 'AAAA' | 'TXT';
+export type RrType = 'MX' | 'A' | 'AAAA' | 'TXT' | 'PTR' | 'CNAME';
 
 export interface DnsAnswer {
   /** NOERROR with data, NODATA (name exists, no such record), NXDOMAIN (no such name) */
@@ -130,4 +130,46 @@ export class DnsClient {
       });
     });
   }
+}
+
+/** An error shaped like node:dns's, which mailauth tells apart by `code` (ENOTFOUND, ENODATA: void lookups). */
+function resolveError(code: string, name: string, type: string): Error {
+  return Object.assign(new Error(`${code} ${type} ${name}`), { code, hostname: name });
+}
+
+/**
+ * `resolve(name, rrtype)` with the contract of `dns.promises.resolve` (TXT as string[][], MX as {exchange,
+ * priority}[], A/AAAA/PTR/CNAME as string[]), answered by our DnsClient: what mailauth takes as `resolver`,
+ * so its checks ask the node's configured servers (in tests, the local DNS server).
+ */
+export function resolverFor(client: DnsClient): (name: string, rrtype: string) => Promise<unknown[]> {
+  return async (name, rrtype) => {
+    const type = rrtype.toUpperCase() as RrType;
+    if (!['MX', 'A', 'AAAA', 'TXT', 'PTR', 'CNAME'].includes(type)) throw resolveError('ENOTIMP', name, rrtype);
+    let answer: DnsAnswer;
+    try {
+      answer = await client.query(name.replace(/\.$/, ''), type);
+    } catch (err) {
+      throw Object.assign(err as Error, { code: 'ESERVFAIL' });
+    }
+    if (answer.status === 'nxdomain') throw resolveError('ENOTFOUND', name, type);
+    if (answer.status === 'nodata') throw resolveError('ENODATA', name, type);
+    return answer.records.map((r) => {
+      const data = (r as { data: unknown }).data;
+      if (type === 'TXT') return (Array.isArray(data) ? data : [data]).map((c) => (Buffer.isBuffer(c) ? c.toString('utf8') : String(c)));
+      if (type === 'MX') return { exchange: String((data as { exchange: string }).exchange).replace(/\.$/, ''), priority: (data as { preference: number }).preference };
+      return String(data).replace(/\.$/, '');
+    });
+  };
+}
+
+/** The PTR name of an address: 4.3.2.1.in-addr.arpa, or the nibble form under ip6.arpa. */
+export function reverseName(ip: string): string {
+  if (net.isIPv4(ip)) return `${ip.split('.').reverse().join('.')}.in-addr.arpa`;
+  const halves = ip.split('::');
+  const groups = (s: string | undefined) => (s ? s.split(':') : []);
+  const head = groups(halves[0]);
+  const tail = groups(halves[1]);
+  const full = [...head, ...Array(8 - head.length - tail.length).fill('0'), ...tail];
+  return `${full.map((g) => g.padStart(4, '0')).join('').split('').reverse().join('.')}.ip6.arpa`;
 }

@@ -5,13 +5,43 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { loadSigningKey } from './dkim.js';
+import { loadSigningKey, type SigningKey } from './dkim.js';
 import { keyLookup, prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
 
 export interface KeyMaterial {
   domain: string;
   selector: string;
   pem: string;
+}
+
+/** A key of a tenant's sending domain (control API): it signs that tenant's mail only. */
+export interface TenantKeyMaterial extends KeyMaterial {
+  tenant: string;
+}
+
+/**
+ * Which keys sign a message: those of the tenant's own sending domains for its From domain (or a parent),
+ * else the node's dkim.keys. Each preparation thread holds one; setTenantKeys replaces the tenants' part.
+ */
+export class SigningKeys {
+  private readonly node: (domain: string) => SigningKey[];
+  private byTenant = new Map<string, (domain: string) => SigningKey[]>();
+
+  constructor(nodeKeys: KeyMaterial[], tenantKeys: TenantKeyMaterial[] = []) {
+    this.node = keyLookup(nodeKeys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
+    this.setTenantKeys(tenantKeys);
+  }
+
+  setTenantKeys(keys: TenantKeyMaterial[]): void {
+    const grouped = new Map<string, SigningKey[]>();
+    for (const k of keys) grouped.set(k.tenant, [...(grouped.get(k.tenant) ?? []), loadSigningKey(k.domain, k.selector, k.pem)]);
+    this.byTenant = new Map([...grouped].map(([tenant, list]) => [tenant, keyLookup(list)]));
+  }
+
+  for(tenant: string): (fromDomain: string) => SigningKey[] {
+    const own = this.byTenant.get(tenant);
+    return own ? (d) => { const k = own(d); return k.length ? k : this.node(d); } : this.node;
+  }
 }
 
 export function readKeyMaterial(keys: Array<{ domain: string; selector: string; keyFile: string }>): KeyMaterial[] {
@@ -27,6 +57,8 @@ export interface Preparer {
   close(): Promise<void>;
   /** the worker threads (none when preparing inline) */
   threads(): Worker[];
+  /** Replaces the keys of tenants' sending domains in every thread (and in threads started later). */
+  setTenantKeys(keys: TenantKeyMaterial[]): void;
 }
 
 interface Pending {
@@ -42,13 +74,14 @@ class PreparerThread {
   constructor(
     private readonly url: URL,
     private readonly keys: KeyMaterial[],
+    private readonly tenantKeys: () => TenantKeyMaterial[],
   ) {
     this.spawn();
   }
 
   /** Starts the thread; one that dies unexpectedly fails its pending messages (the clients get a 451) and is replaced. */
   private spawn(): void {
-    const worker = new Worker(this.url, { workerData: { keys: this.keys } });
+    const worker = new Worker(this.url, { workerData: { keys: this.keys, tenantKeys: this.tenantKeys() } });
     worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
       const p = this.pending.get(id);
       if (!p) return;
@@ -78,12 +111,13 @@ class PreparerThread {
 /** `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments). */
 export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
   if (threads < 0) {
-    const lookup = keyLookup(keys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
-    return { prepare: async (input) => prepareMessage(input, lookup), close: async () => {}, threads: () => [] };
+    const signing = new SigningKeys(keys);
+    return { prepare: async (input) => prepareMessage(input, signing.for(input.tenant)), close: async () => {}, threads: () => [], setTenantKeys: (k) => signing.setTenantKeys(k) };
   }
   const count = threads || os.availableParallelism();
   const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
-  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys));
+  let tenantKeys: TenantKeyMaterial[] = [];
+  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys, () => tenantKeys));
   let nextId = 0;
   return {
     prepare(input) {
@@ -102,5 +136,10 @@ export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
       await Promise.all(pool.map((t) => t.close()));
     },
     threads: () => pool.map((t) => t.worker),
+    setTenantKeys(k) {
+      tenantKeys = k;
+      // ordered with the messages: every preparation posted after this uses the new keys
+      for (const t of pool) t.worker.postMessage({ tenantKeys: k });
+    },
   };
 }

@@ -1,15 +1,16 @@
 /** Worker thread body for message preparation: keys are loaded once per thread. */
 import { parentPort, workerData } from 'node:worker_threads';
-import { loadSigningKey } from './dkim.js';
-import { keyLookup, prepareMessage, type PrepareInput } from './prepare.js';
-import type { KeyMaterial } from './prepare-pool.js';
+import { prepareMessage, type PrepareInput } from './prepare.js';
+import { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './prepare-pool.js';
 
-const keys = keyLookup((workerData as { keys: KeyMaterial[] }).keys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
+const data = workerData as { keys: KeyMaterial[]; tenantKeys: TenantKeyMaterial[] };
+const keys = new SigningKeys(data.keys, data.tenantKeys);
 
-parentPort!.on('message', ({ id, input }: { id: number; input: PrepareInput }) => {
+parentPort!.on('message', ({ id, input, tenantKeys }: { id: number; input: PrepareInput; tenantKeys?: TenantKeyMaterial[] }) => {
+  if (tenantKeys) return keys.setTenantKeys(tenantKeys);
   let result;
   try {
-    result = prepareMessage(input, keys);
+    result = prepareMessage(input, keys.for(input.tenant));
   } catch (err) {
     parentPort!.postMessage({ id, error: (err as Error).message });
     return;

@@ -18,6 +18,7 @@ import { smtpError } from './smtp-reply.js';
 import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessage } from './reception.js';
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy } from '../control/tenants.js';
+import type { SenderDomainPolicy } from '../control/domains.js';
 
 interface SessionUser {
   username: string;
@@ -37,6 +38,8 @@ interface SubmissionDeps {
   credentials?: { verify(username: string, password: string): { tenant: string } | null };
   /** refuses suspended tenants and counts daily quotas */
   sending?: SendingPolicy;
+  /** refuses From domains the tenant has not verified */
+  senderDomains?: SenderDomainPolicy;
 }
 
 const AUTH_FAILURE_LIMIT = 10;
@@ -197,6 +200,11 @@ export class SubmissionListener {
       metrics.smtpRejections.inc({ reason: 'bad_content' });
       log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
       throw smtpError(prepared.code, prepared.status, prepared.reason);
+    }
+    const domainRefusal = this.deps.senderDomains?.refusal(tenant, prepared.fromDomain);
+    if (domainRefusal) {
+      metrics.smtpRejections.inc({ reason: 'unverified_domain' });
+      throw smtpError(domainRefusal.smtp.code, domainRefusal.smtp.status, domainRefusal.smtp.text);
     }
     // the tenant's suppression list: those recipients are dropped here, with an event each
     const recipients: string[] = [];

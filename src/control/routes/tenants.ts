@@ -24,6 +24,7 @@ export const TenantView = Type.Object(
     sent_today: Type.Integer({ description: 'recipients counted against the quota today (UTC)' }),
     bounce_domain: Nullable(Type.String()),
     tracking: Type.Boolean(),
+    allow_unverified_domains: Type.Boolean({ description: 'may send From domains that are not its verified sending domains (default false for tenants made here, true for the config file\'s)' }),
     managed_by: Type.Union([Type.Literal('config'), Type.Literal('api')], { description: 'config: named in the config file, which owns its pool and bounce domain' }),
     created_at: Epoch('made'),
     updated_at: Epoch('last changed'),
@@ -42,6 +43,7 @@ const CreateBody = strict({
   bounce_domain: Type.Optional(Nullable(DomainName())),
   tracking: Type.Optional(Type.Boolean()),
   suspended: Type.Optional(Type.Boolean()),
+  allow_unverified_domains: Type.Optional(Type.Boolean()),
 });
 
 const PatchBody = strict(
@@ -53,6 +55,7 @@ const PatchBody = strict(
     daily_quota: Type.Optional(Quota),
     bounce_domain: Type.Optional(Nullable(DomainName())),
     tracking: Type.Optional(Type.Boolean()),
+    allow_unverified_domains: Type.Optional(Type.Boolean()),
   },
   { minProperties: 1 },
 );
@@ -79,7 +82,7 @@ export const tenantRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => 
       const record = await mutate(
         deps,
         req,
-        () => tenants.createIn({ id: b.id, name: b.name ?? b.id, pool: b.pool ?? 'default', daily_quota: b.daily_quota ?? null, bounce_domain: b.bounce_domain?.toLowerCase() ?? null, tracking: b.tracking ?? false, suspended: b.suspended ?? false }),
+        () => tenants.createIn({ id: b.id, name: b.name ?? b.id, pool: b.pool ?? 'default', daily_quota: b.daily_quota ?? null, bounce_domain: b.bounce_domain?.toLowerCase() ?? null, tracking: b.tracking ?? false, suspended: b.suspended ?? false, allow_unverified_domains: b.allow_unverified_domains ?? false }),
         (t) => ({ action: 'tenant.create', tenant: t.id, target: { type: 'tenant', id: t.id }, changes: { ...b } }),
       );
       tenants.refresh(record.id);
@@ -133,11 +136,12 @@ export const tenantRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => 
         req,
         () => {
           plane.tenants.deleteIn(t.id);
-          return { api_keys: plane.apiKeys.revokeAllIn(t.id), smtp_credentials: plane.smtpCredentials.removeAllIn(t.id), users: plane.users.removeAllIn(t.id) };
+          return { api_keys: plane.apiKeys.revokeAllIn(t.id), smtp_credentials: plane.smtpCredentials.removeAllIn(t.id), users: plane.users.removeAllIn(t.id), domains: plane.domains.removeAllIn(t.id) };
         },
         (removed) => ({ action: 'tenant.delete', tenant: t.id, target: { type: 'tenant', id: t.id }, changes: { removed } }),
       );
       tenants.refresh(t.id);
+      plane.domains.refresh();
       return reply.code(204).send();
     },
   );
