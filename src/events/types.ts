@@ -31,6 +31,8 @@ export const EVENT_TYPES = {
   queue_retried: 'tenant',
   webhook_disabled: 'tenant',
   webhook_enabled: 'tenant',
+  domain_verified: 'tenant',
+  domain_failing: 'tenant',
   warmup_started: 'node',
   warmup_advanced: 'node',
   warmup_held: 'node',
