@@ -86,6 +86,9 @@ describe("the newcomer's journey", () => {
     expect(byKey.tracking_cname).toMatchObject({ name: `track.${DOMAIN}`, type: 'CNAME', value: 'track.node.tern.test' });
     // the private keys never leave, and are sealed on disk
     expect(JSON.stringify(added.body)).not.toMatch(/PRIVATE KEY/);
+    const stored = node.controlPlane.domains.get('shop', DOMAIN)!;
+    expect(JSON.stringify(stored)).not.toMatch(/PRIVATE KEY/);
+    expect(stored.keys.map((k) => k.sealed)).toEqual([expect.stringMatching(/^v1:[0-9a-f]{8}:/), expect.stringMatching(/^v1:[0-9a-f]{8}:/)]);
     expect((await as('POST', '/api/v1/domains', { domain: DOMAIN })).status).toBe(200);
 
     published = added.body.records.map((r: { type: string; name: string; value: string; priority?: number }): ZoneRecord =>
