@@ -27,6 +27,7 @@ import { buildControlServer } from './control/server.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
+import { startTracking, type Tracking } from './tracking/index.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -44,7 +45,9 @@ export interface BounceParts {
 }
 
 export class TernNode {
-  readonly ports: { submission: number; control: number } = { submission: 0, control: 0 };
+  readonly ports: { submission: number; control: number; tracking: number } = { submission: 0, control: 0, tracking: 0 };
+  /** the tracking listener and its events; null without tracking.base_url */
+  tracking: Tracking | null = null;
   private cronTasks: Array<{ stop(): void }> = [];
 
   private constructor(
@@ -111,7 +114,8 @@ export class TernNode {
     const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext });
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
-    const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
+    const tracking = config.tracking.baseUrl ? startTracking(config, store, bounces.suppressions, log, metrics.registry) : null;
+    const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers, tracking?.keys);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions });
@@ -148,6 +152,7 @@ export class TernNode {
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
+    node.tracking = tracking;
     nodeRef = node;
     try {
       scheduler.start();
@@ -155,6 +160,10 @@ export class TernNode {
       node.ports.submission = await submission.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
+      if (tracking) {
+        node.ports.tracking = await tracking.server.listen();
+        log.info({ tracking: `${config.tracking.listener.host}:${node.ports.tracking}`, base_url: config.tracking.baseUrl }, 'tracking listener started');
+      }
     } catch (err) {
       await node.stop();
       throw err;
@@ -166,6 +175,7 @@ export class TernNode {
         const before = Date.now() - config.events.retentionMs;
         const events = await store.pruneEvents(before);
         const messages = await spool.pruneFinished(before);
+        await tracking?.events.prune(Date.now() - config.tracking.retentionMs);
         if (events || messages) log.info({ events, messages }, 'retention: pruned old records');
       }),
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
@@ -179,6 +189,7 @@ export class TernNode {
     for (const t of this.cronTasks) t.stop();
     await this.submission.close().catch(() => {});
     await this.control.close().catch(() => {});
+    await this.tracking?.close().catch(() => {});
     this.queueAdmin.stop();
     await this.scheduler.stop();
     await this.preparer.close();

@@ -7,6 +7,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { loadSigningKey } from './dkim.js';
 import { keyLookup, prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
+import { TrackingTokens } from '../tracking/tokens.js';
 
 export interface KeyMaterial {
   domain: string;
@@ -42,13 +43,14 @@ class PreparerThread {
   constructor(
     private readonly url: URL,
     private readonly keys: KeyMaterial[],
+    private readonly trackingKeys: string[],
   ) {
     this.spawn();
   }
 
   /** Starts the thread; one that dies unexpectedly fails its pending messages (the clients get a 451) and is replaced. */
   private spawn(): void {
-    const worker = new Worker(this.url, { workerData: { keys: this.keys } });
+    const worker = new Worker(this.url, { workerData: { keys: this.keys, trackingKeys: this.trackingKeys } });
     worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
       const p = this.pending.get(id);
       if (!p) return;
@@ -75,15 +77,20 @@ class PreparerThread {
   }
 }
 
-/** `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments). */
-export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
+/**
+ * `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments).
+ * `trackingKeys` (signing key first) sign tracking tokens; without them no message is personalised.
+ */
+export function createPreparer(keys: KeyMaterial[], threads: number, trackingKeys: Buffer[] = []): Preparer {
   if (threads < 0) {
     const lookup = keyLookup(keys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
-    return { prepare: async (input) => prepareMessage(input, lookup), close: async () => {}, threads: () => [] };
+    const tokens = trackingKeys.length ? new TrackingTokens(trackingKeys) : null;
+    return { prepare: async (input) => prepareMessage(input, lookup, tokens), close: async () => {}, threads: () => [] };
   }
   const count = threads || os.availableParallelism();
   const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
-  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys));
+  const trackingHex = trackingKeys.map((k) => k.toString('hex'));
+  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys, trackingHex));
   let nextId = 0;
   return {
     prepare(input) {

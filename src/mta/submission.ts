@@ -16,6 +16,7 @@ import type { Scheduler } from './queues.js';
 import { newMessageId, type Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
 import type { SuppressionList } from '../bounce/suppression.js';
+import { defaultStreamOf, trackingSettingsFor } from '../tracking/settings.js';
 
 interface SessionUser {
   username: string;
@@ -212,19 +213,29 @@ export class SubmissionListener {
     const mailArgs = mailFrom.args as Record<string, unknown> | false;
     const msgId = newMessageId();
     const tenant = user?.tenant ?? 'default';
-    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8: Boolean(mailArgs && mailArgs.SMTPUTF8), tenant, feedbackSenderId: config.bounce.feedbackSenderId });
-    if (!prepared.ok) {
-      metrics.smtpRejections.inc({ reason: 'bad_content' });
-      log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
-      throw smtpError(prepared.code, prepared.status, prepared.reason);
-    }
-    // the tenant's suppression list: those recipients are dropped here, with an event each
+    // the tenant's suppression list: those recipients are dropped here, with an event each (before
+    // preparation, which makes a copy per remaining recipient when the message is tracked)
     const recipients: string[] = [];
     const suppressed: Array<{ to: string; reason: string; detail: string | null }> = [];
     for (const { address } of session.envelope.rcptTo) {
       const entry = this.deps.suppressions.get(tenant, address);
       if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
       else recipients.push(address);
+    }
+    const prepared = await preparer.prepare({
+      raw,
+      hostname: config.hostname,
+      id: msgId,
+      utf8: Boolean(mailArgs && mailArgs.SMTPUTF8),
+      tenant,
+      feedbackSenderId: config.bounce.feedbackSenderId,
+      stream: defaultStreamOf(config, tenant),
+      tracking: trackingSettingsFor(config, tenant, recipients),
+    });
+    if (!prepared.ok) {
+      metrics.smtpRejections.inc({ reason: 'bad_content' });
+      log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
+      throw smtpError(prepared.code, prepared.status, prepared.reason);
     }
     const started = performance.now();
     let stored;
@@ -237,6 +248,7 @@ export class SubmissionListener {
         recipients,
         suppressed,
         body: prepared.message,
+        bodies: prepared.personal,
         messageId: prepared.messageId,
         listener: 'submission',
         client: normalizeAddress(session.remoteAddress),

@@ -1,0 +1,118 @@
+/**
+ * Machine activity: which opens and clicks no person made (Apple Mail Privacy Protection, link scanners,
+ * previews, scripts). A pure decision over one hit; the rules are data (config/tracking-agents.yaml).
+ */
+import fs from 'node:fs';
+import { Type, type Static } from '@sinclair/typebox';
+import YAML from 'yaml';
+import { ConfigError, schemaProblems } from '../core/config.js';
+import { NetworkList, parseCidr } from '../core/net.js';
+
+const Rule = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9_]{1,40}$' }),
+    for: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('click'), Type.Literal('both')])),
+    user_agent: Type.Optional(Type.String({ minLength: 1 })),
+    user_agent_is: Type.Optional(Type.String()),
+    networks: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+    method: Type.Optional(Type.Literal('HEAD')),
+  },
+  { additionalProperties: false },
+);
+const AgentsFile = Type.Object({ rules: Type.Array(Rule) }, { additionalProperties: false });
+
+export type HitKind = 'open' | 'click';
+
+export interface Hit {
+  kind: HitKind;
+  userAgent: string;
+  ip: string;
+  method: string;
+}
+
+interface CompiledRule {
+  name: string;
+  kinds: Set<HitKind>;
+  userAgent: RegExp | null;
+  userAgentIs: string | null;
+  networks: NetworkList | null;
+  head: boolean;
+}
+
+export class MachineAgents {
+  private constructor(private readonly rules: CompiledRule[]) {}
+
+  /** Reads and checks a rules file; an invalid one is refused with the key path of each problem. */
+  static load(file: string): MachineAgents {
+    let doc: unknown;
+    try {
+      doc = YAML.parse(fs.readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new ConfigError([`tracking-agents (${file}): ${(err as Error).message}`]);
+    }
+    return MachineAgents.from(doc, `tracking-agents (${file})`);
+  }
+
+  static from(doc: unknown, label = 'tracking-agents'): MachineAgents {
+    const problems = schemaProblems(AgentsFile, doc).map((p) => `${label}: ${p}`);
+    if (problems.length) throw new ConfigError(problems);
+    const rules = (doc as Static<typeof AgentsFile>).rules.map((r, i): CompiledRule => {
+      let userAgent: RegExp | null = null;
+      if (r.user_agent !== undefined) {
+        try {
+          userAgent = new RegExp(r.user_agent, 'i');
+        } catch (err) {
+          problems.push(`${label}: rules[${i}].user_agent: ${(err as Error).message}`);
+        }
+      }
+      const cidrs = (r.networks ?? []).flatMap((n, j) => {
+        try {
+          return [parseCidr(n)];
+        } catch (err) {
+          problems.push(`${label}: rules[${i}].networks[${j}]: ${(err as Error).message}`);
+          return [];
+        }
+      });
+      if (r.user_agent === undefined && r.user_agent_is === undefined && !r.networks && !r.method)
+        problems.push(`${label}: rules[${i}]: a rule needs a condition (user_agent, user_agent_is, networks or method)`);
+      const kinds: HitKind[] = !r.for || r.for === 'both' ? ['open', 'click'] : [r.for];
+      return { name: r.name, kinds: new Set(kinds), userAgent, userAgentIs: r.user_agent_is ?? null, networks: cidrs.length ? new NetworkList(cidrs) : null, head: r.method === 'HEAD' };
+    });
+    if (problems.length) throw new ConfigError(problems);
+    return new MachineAgents(rules);
+  }
+
+  /** The name of the first rule that says this hit is a machine's, or null. */
+  match(hit: Hit): string | null {
+    for (const r of this.rules) {
+      if (!r.kinds.has(hit.kind)) continue;
+      if (r.head && hit.method !== 'HEAD') continue;
+      if (r.userAgentIs !== null && hit.userAgent !== r.userAgentIs) continue;
+      if (r.userAgent && !r.userAgent.test(hit.userAgent)) continue;
+      if (r.networks && !r.networks.contains(hit.ip)) continue;
+      return r.name;
+    }
+    return null;
+  }
+}
+
+export interface MachineVerdict {
+  machine: boolean;
+  reason?: string;
+}
+
+/**
+ * Machine or person, for one hit: the rules, then timing. `deliveredAt` is when the recipient's copy was
+ * delivered (or accepted, when this node did not see the delivery); `trapHit` whether this recipient hit the
+ * trap link from this address within the last minute.
+ */
+export function judgeHit(agents: MachineAgents, hit: Hit & { trap: boolean; trapHit: boolean; now: number; deliveredAt: number; scannerWindowMs: number }): MachineVerdict {
+  if (hit.trap) return { machine: true, reason: 'trap_link' };
+  const rule = agents.match(hit);
+  if (rule) return { machine: true, reason: rule };
+  if (hit.kind === 'click') {
+    if (hit.trapHit) return { machine: true, reason: 'after_trap_link' };
+    if (hit.now - hit.deliveredAt < hit.scannerWindowMs) return { machine: true, reason: 'too_fast' };
+  }
+  return { machine: false };
+}
