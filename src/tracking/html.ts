@@ -45,7 +45,11 @@ interface Attribute {
   nameEnd: number;
   end: number;
   hasValue: boolean;
+  /** an attribute whose value is read */
+  wanted: boolean;
 }
+
+const WANTED = new Set(['href', 'clicktracking']);
 
 interface Found {
   links: Array<{ start: number; end: number; href: string }>;
@@ -80,13 +84,15 @@ function scan(html: string, from: number, to: number, decode: (raw: string) => s
         attrs = [];
       },
       onattribname(start, end) {
-        attr = { name: source.slice(start, end).toLowerCase(), value: '', nameEnd: end, end, hasValue: false };
+        const name = source.slice(start, end).toLowerCase();
+        attr = { name, value: '', nameEnd: end, end, hasValue: false, wanted: WANTED.has(name) };
       },
       onattribdata(start, end) {
-        if (attr) attr.value += decode(source.slice(start, end));
+        // only the values that matter are decoded: most attributes of an email are styles
+        if (attr?.wanted) attr.value += decode(source.slice(start, end));
       },
       onattribentity(codepoint) {
-        if (attr) attr.value += String.fromCodePoint(codepoint);
+        if (attr?.wanted) attr.value += String.fromCodePoint(codepoint);
       },
       onattribend(quote, endIndex) {
         if (!attr) return;

@@ -171,7 +171,8 @@ export function planPersonalisation(fields: HeaderField[], body: string, setting
       text += body.slice(pos);
       if (listUnsubscribe) {
         const mailto = tokens.mailto(who, settings.mailDomain);
-        out.push({ name: 'List-Unsubscribe', lname: 'list-unsubscribe', value: ` <${base}/u/${tokens.unsubscribe(who)}>,\r\n <mailto:${mailto}?subject=unsubscribe>` });
+        const https = `<${base}/u/${tokens.unsubscribe(who)}>`;
+        out.push({ name: 'List-Unsubscribe', lname: 'list-unsubscribe', value: mailto ? ` ${https},\r\n <mailto:${mailto}?subject=unsubscribe>` : ` ${https}` });
         out.push({ name: 'List-Unsubscribe-Post', lname: 'list-unsubscribe-post', value: ' List-Unsubscribe=One-Click' });
       }
       return { fields: out, body: text };

@@ -3,8 +3,8 @@
  * tracking node can act on it without a lookup, and so that no one can make one we did not.
  *
  *   token   = base64url(keyId ‖ mac ‖ AES-128-CTR(encKey, iv = mac ‖ 0⁴, payload))
- *   mac     = HMAC-SHA256(macKey, keyId ‖ payload)[0..12]
- *   payload = kind ‖ sentAt (uint32, seconds) ‖ str(queue id) ‖ leb(rcpt index) ‖ [leb(link index)]
+ *   mac     = HMAC-SHA256(macKey, payload)[0..12]
+ *   payload = kind ‖ sentAt (uint32, seconds) ‖ id(queue id) ‖ leb(rcpt index) ‖ [leb(link index)]
  *             ‖ str(tenant) ‖ str(campaign) ‖ str(rcpt address) ‖ [destination URL: the rest, click only]
  *
  * A click token covers its destination URL: the redirect goes only where the signature says, so there is no
@@ -20,6 +20,9 @@
  * Mailto unsubscribe addresses (`u-<token>@<bounce domain>`) carry a shorter, lowercase base32 token (a local
  * part is at most 64 octets and some MTAs change its case): queue id, recipient index and, when it fits, the
  * tenant, with an 80-bit MAC, in the style of VERP (src/bounce/verp.ts).
+ *
+ * id(queue id) is 13 bytes for an id made by newMessageId() (time, counter and process tag packed), else a
+ * marker byte and str(id); str = leb(length) ‖ UTF-8; leb = unsigned LEB128.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -57,6 +60,9 @@ export type TokenRejection = 'malformed' | 'forged';
 export type TokenResult = ({ ok: true } & { token: DecodedToken }) | { ok: false; reason: TokenRejection };
 
 const MAC_BYTES = 12;
+const COMPACT_ID = /^[0-9a-z]{13}[A-Za-z0-9_-]{4}$/;
+const ID_COMPACT = 1;
+const ID_RAW = 2;
 /** longest token accepted: a click token with a 2,000-character URL and long names stays well under it */
 export const MAX_TOKEN_LENGTH = 4096;
 /** longest destination URL a link may have to be tracked */
@@ -86,42 +92,64 @@ function derive(key: Buffer): DerivedKey {
 
 // ---- byte helpers -------------------------------------------------------------------------------------
 
+/** Appends to one growing buffer (tokens are made per recipient and link: few allocations matter). */
 class Writer {
-  private readonly parts: Buffer[] = [];
+  private buf = Buffer.allocUnsafe(256);
+  private pos = 0;
+  private room(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
+    this.buf.copy(bigger, 0, 0, this.pos);
+    this.buf = bigger;
+  }
   byte(b: number): this {
-    this.parts.push(Buffer.from([b]));
+    this.room(1);
+    this.buf[this.pos++] = b;
     return this;
   }
   uint32(n: number): this {
-    const b = Buffer.allocUnsafe(4);
-    b.writeUInt32BE(n >>> 0);
-    this.parts.push(b);
+    this.room(4);
+    this.pos = this.buf.writeUInt32BE(n >>> 0, this.pos);
     return this;
   }
   leb(n: number): this {
     if (!Number.isInteger(n) || n < 0 || n > 2 ** 31 - 1) throw new RangeError(`tracking token: ${n} is not an index`);
-    const out: number[] = [];
     do {
       let b = n & 0x7f;
       n >>>= 7;
       if (n) b |= 0x80;
-      out.push(b);
+      this.byte(b);
     } while (n);
-    this.parts.push(Buffer.from(out));
     return this;
   }
   str(s: string): this {
-    const b = Buffer.from(s, 'utf8');
-    this.leb(b.length);
-    this.parts.push(b);
+    const len = Buffer.byteLength(s, 'utf8');
+    this.leb(len);
+    return this.utf8(s, len);
+  }
+  utf8(s: string, len = Buffer.byteLength(s, 'utf8')): this {
+    this.room(len);
+    this.pos += this.buf.write(s, this.pos, 'utf8');
+    return this;
+  }
+  /** A queue id: packed when it has newMessageId()'s shape (9 + 4 base-36 characters, 4 base64url). */
+  id(msgId: string): this {
+    if (!COMPACT_ID.test(msgId)) return this.byte(ID_RAW).str(msgId);
+    this.room(13);
+    this.buf[this.pos] = ID_COMPACT;
+    this.buf.writeUIntBE(parseInt(msgId.slice(0, 9), 36), this.pos + 1, 6);
+    this.buf.writeUIntBE(parseInt(msgId.slice(9, 13), 36), this.pos + 7, 3);
+    this.buf.write(msgId.slice(13), this.pos + 10, 'base64url');
+    this.pos += 13;
     return this;
   }
   raw(b: Buffer): this {
-    this.parts.push(b);
+    this.room(b.length);
+    this.pos += b.copy(this.buf, this.pos);
     return this;
   }
   done(): Buffer {
-    return Buffer.concat(this.parts);
+    return this.buf.subarray(0, this.pos);
   }
 }
 
@@ -156,6 +184,17 @@ class Reader {
     const s = this.buf.toString('utf8', this.pos, this.pos + len);
     this.pos += len;
     return s;
+  }
+  id(): string {
+    const format = this.byte();
+    if (format === ID_RAW) return this.str();
+    if (format !== ID_COMPACT || this.pos + 12 > this.buf.length) return this.fail('');
+    const time = this.buf.readUIntBE(this.pos, 6);
+    const counter = this.buf.readUIntBE(this.pos + 6, 3);
+    const tag = this.buf.subarray(this.pos + 9, this.pos + 12).toString('base64url');
+    this.pos += 12;
+    if (time >= 36 ** 9 || counter >= 36 ** 4) return this.fail('');
+    return time.toString(36).padStart(9, '0') + counter.toString(36).padStart(4, '0') + tag;
   }
   rest(): string {
     const s = this.buf.toString('utf8', this.pos);
@@ -196,11 +235,11 @@ export class TrackingTokens {
   }
 
   click(f: ClickFields): string {
-    return this.seal(this.payload('click', f).raw(Buffer.from(f.url, 'utf8')).done());
+    return this.seal(this.payload('click', f).utf8(f.url).done());
   }
 
   private payload(kind: TokenKind, f: TokenFields | ClickFields): Writer {
-    const w = new Writer().byte(KIND_BYTE[kind]).uint32(Math.floor(f.sentAt / 1000)).str(f.msgId).leb(f.rcptIndex);
+    const w = new Writer().byte(KIND_BYTE[kind]).uint32(Math.floor(f.sentAt / 1000)).id(f.msgId).leb(f.rcptIndex);
     if (kind === 'click') w.leb((f as ClickFields).link);
     return w.str(f.tenant).str(f.campaign === '-' ? '' : f.campaign).str(f.rcpt);
   }
@@ -211,14 +250,13 @@ export class TrackingTokens {
     const out = Buffer.allocUnsafe(1 + MAC_BYTES + payload.length);
     out[0] = k.id;
     mac.copy(out, 1);
-    const cipher = crypto.createCipheriv('aes-128-ctr', k.enc, iv(mac));
-    const n = cipher.update(payload).copy(out, 1 + MAC_BYTES);
-    cipher.final().copy(out, 1 + MAC_BYTES + n);
+    // CTR is a stream cipher: update() returns every byte, final() nothing
+    crypto.createCipheriv('aes-128-ctr', k.enc, iv(mac)).update(payload).copy(out, 1 + MAC_BYTES);
     return out.toString('base64url');
   }
 
   private mac(k: DerivedKey, payload: Buffer): Buffer {
-    return crypto.createHmac('sha256', k.mac).update(Buffer.from([k.id])).update(payload).digest().subarray(0, MAC_BYTES);
+    return crypto.createHmac('sha256', k.mac).update(payload).digest().subarray(0, MAC_BYTES);
   }
 
   /** The token's contents; refused when it is not one of ours, was altered, or was signed by an unknown key. */
@@ -231,8 +269,7 @@ export class TrackingTokens {
     const sealed = bytes.subarray(1 + MAC_BYTES);
     for (const k of this.keys) {
       if (k.id !== bytes[0]) continue;
-      const decipher = crypto.createDecipheriv('aes-128-ctr', k.enc, iv(mac));
-      const payload = Buffer.concat([decipher.update(sealed), decipher.final()]);
+      const payload = crypto.createDecipheriv('aes-128-ctr', k.enc, iv(mac)).update(sealed);
       // verify before interpreting: an unsigned payload is never parsed
       if (!crypto.timingSafeEqual(this.mac(k, payload), mac)) continue;
       const token = readPayload(payload);
@@ -243,13 +280,15 @@ export class TrackingTokens {
 
   /**
    * `u-<token>@<domain>`: the mailto address of List-Unsubscribe for one recipient. The tenant is carried
-   * when the local part stays within 64 octets; else the inbound side finds it from the queue id.
+   * when the local part stays within 64 octets (a tenant name of up to 12 bytes, for our queue ids and the
+   * first 16,384 recipients of a message); else the
+   * inbound side finds it from the queue id. Null when not even the queue id fits (not one of ours).
    */
-  mailto(f: Pick<TokenFields, 'msgId' | 'rcptIndex' | 'tenant'>, domain: string): string {
-    const base = new Writer().str(f.msgId).leb(f.rcptIndex);
-    let local = MAIL_PREFIX + this.mailToken(new Writer().raw(base.done()).str(f.tenant).done());
-    if (local.length > MAX_LOCAL_PART) local = MAIL_PREFIX + this.mailToken(base.done());
-    return `${local}@${domain}`;
+  mailto(f: Pick<TokenFields, 'msgId' | 'rcptIndex' | 'tenant'>, domain: string): string | null {
+    const base = new Writer().id(f.msgId).leb(f.rcptIndex).done();
+    let local = MAIL_PREFIX + this.mailToken(new Writer().raw(base).str(f.tenant).done());
+    if (local.length > MAX_LOCAL_PART) local = MAIL_PREFIX + this.mailToken(base);
+    return local.length > MAX_LOCAL_PART ? null : `${local}@${domain}`;
   }
 
   /** The recipient a mailto unsubscribe address names; null when it is not ours or was altered. */
@@ -265,7 +304,7 @@ export class TrackingTokens {
     const mac = bytes.subarray(bytes.length - MAIL_MAC_BYTES);
     if (!this.keys.some((k) => crypto.timingSafeEqual(mailMac(k, payload), mac))) return null;
     const r = new Reader(payload);
-    const msgId = r.str();
+    const msgId = r.id();
     const rcptIndex = r.leb();
     const tenant = r.atEnd ? null : r.str();
     return r.failed || !r.atEnd || !msgId ? null : { msgId, rcptIndex, tenant };
@@ -288,7 +327,7 @@ function readPayload(payload: Buffer): DecodedToken | null {
   const r = new Reader(payload);
   const kind = BYTE_KIND[r.byte()];
   const sentAt = r.uint32() * 1000;
-  const msgId = r.str();
+  const msgId = r.id();
   const rcptIndex = r.leb();
   const link = kind === 'click' ? r.leb() : 0;
   const tenant = r.str();
