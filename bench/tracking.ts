@@ -91,7 +91,9 @@ async function startTern(dir: string, keyFile: string, logLevel: string): Promis
   };
   const file = path.join(dir, 'tern.yaml');
   fs.writeFileSync(file, YAML.stringify(config));
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  // TERN_NODE_ARGS passes extra flags to the node process (e.g. "--cpu-prof" to profile it)
+  const nodeArgs = (process.env.TERN_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (out += d));

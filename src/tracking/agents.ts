@@ -39,8 +39,15 @@ interface CompiledRule {
   head: boolean;
 }
 
+const UA_CACHE_SIZE = 10_000;
+
 export class MachineAgents {
-  private constructor(private readonly rules: CompiledRule[]) {}
+  /** which rules' user agent conditions a user agent meets (a bit per rule): user agents repeat a lot */
+  private readonly uaCache = new Map<string, number>();
+
+  private constructor(private readonly rules: CompiledRule[]) {
+    if (rules.length > 31) throw new ConfigError([`tracking-agents: at most 31 rules (there are ${rules.length})`]);
+  }
 
   /** Reads and checks a rules file; an invalid one is refused with the key path of each problem. */
   static load(file: string): MachineAgents {
@@ -84,15 +91,27 @@ export class MachineAgents {
 
   /** The name of the first rule that says this hit is a machine's, or null. */
   match(hit: Hit): string | null {
-    for (const r of this.rules) {
-      if (!r.kinds.has(hit.kind)) continue;
+    const ua = this.userAgentMatches(hit.userAgent);
+    for (let i = 0; i < this.rules.length; i++) {
+      const r = this.rules[i]!;
+      if (!r.kinds.has(hit.kind) || !(ua & (1 << i))) continue;
       if (r.head && hit.method !== 'HEAD') continue;
-      if (r.userAgentIs !== null && hit.userAgent !== r.userAgentIs) continue;
-      if (r.userAgent && !r.userAgent.test(hit.userAgent)) continue;
       if (r.networks && !r.networks.contains(hit.ip)) continue;
       return r.name;
     }
     return null;
+  }
+
+  private userAgentMatches(userAgent: string): number {
+    let bits = this.uaCache.get(userAgent);
+    if (bits !== undefined) return bits;
+    bits = 0;
+    this.rules.forEach((r, i) => {
+      if ((r.userAgentIs === null || userAgent === r.userAgentIs) && (!r.userAgent || r.userAgent.test(userAgent))) bits! |= 1 << i;
+    });
+    if (this.uaCache.size >= UA_CACHE_SIZE) this.uaCache.clear();
+    if (userAgent.length <= 512) this.uaCache.set(userAgent, bits);
+    return bits;
   }
 }
 
