@@ -3,7 +3,7 @@
  * rules, the events recorder and the tracking listener, wired from the config.
  */
 import fs from 'node:fs';
-import type { Registry } from 'prom-client';
+import { Counter, type Registry } from 'prom-client';
 import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
 import type { Store } from '../core/store.js';
@@ -29,6 +29,15 @@ export function startTracking(config: Config, store: Store, suppressions: Suppre
   const keys = loadTrackingKeys(config.dataDir, t.keyFiles);
   const tokens = new TrackingTokens(keys);
   const events = new TrackingEvents(store, suppressions, { onError: (err) => log.error({ err: err.message }, 'tracking: events could not be written') });
+  new Counter({
+    name: 'tern_tracking_events_dropped_total',
+    help: 'opens and clicks answered but not recorded because the store fell behind (the buffer was full)',
+    registers: registry ? [registry] : [],
+    collect() {
+      this.reset();
+      this.inc(events.dropped);
+    },
+  });
   const listener = t.listener;
   const basePath = new URL(baseUrl).pathname.replace(/\/+$/, '');
   const server = new TrackingServer({
