@@ -10,8 +10,7 @@
  * The message is analysed once (`planPersonalisation`); each recipient's copy is then filled in from the
  * plan, so N recipients cost one parse and N string assemblies (and, in prepare.ts, N signatures).
  */
-import type { HeaderField } from '../mta/headers.js';
-import { headerValue } from '../mta/headers.js';
+import { headerValue, type HeaderField } from '../mta/headers.js';
 import { planHtml, pixelMarkup } from './html.js';
 import { asciiCompatible, decodePart, encodePart, findTextParts, withTransferEncoding, type TextPart } from './mime.js';
 import { planText } from './text.js';

@@ -182,10 +182,11 @@ export class TrackingServer {
     if (isTrap) this.traps.set(who, now, ip);
     this.opts.events.record({ token, at: now, machine: verdict.machine, reason: verdict.reason, userAgent, ip });
     this.requests.inc({ kind: token.kind, result: verdict.machine ? 'machine' : 'human' });
-    if (token.kind === 'open') return void res.writeHead(200, PIXEL_HEADERS).end(method === 'HEAD' ? undefined : PIXEL);
-    if (token.kind === 'trap') return void res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': NO_STORE }).end('');
-    // the destination is the signed URL, and only that: no open redirect
-    res.writeHead(302, { location: (token as { url: string }).url, 'cache-control': NO_STORE, 'referrer-policy': 'no-referrer', 'content-length': '0' }).end();
+    if (token.kind === 'click') {
+      // the destination is the signed URL, and only that: no open redirect
+      res.writeHead(302, { location: token.url, 'cache-control': NO_STORE, 'referrer-policy': 'no-referrer', 'content-length': '0' }).end();
+    } else if (token.kind === 'open') res.writeHead(200, PIXEL_HEADERS).end(method === 'HEAD' ? undefined : PIXEL);
+    else res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': NO_STORE }).end('');
   }
 
   /** The unsubscribe page: a button, no state change (link scanners and prefetchers follow GETs). */
