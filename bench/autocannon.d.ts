@@ -23,6 +23,8 @@ declare module 'autocannon' {
     errors: number;
     timeouts: number;
     non2xx: number;
+    '2xx': number;
+    '3xx': number;
   }
   function autocannon(opts: Options): Promise<Result>;
   export default autocannon;

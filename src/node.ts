@@ -27,7 +27,7 @@ import { buildControlServer } from './control/server.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
-import { startTracking, type Tracking } from './tracking/index.js';
+import { TRACKING_HITS, startTracking, type Tracking } from './tracking/index.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -147,7 +147,14 @@ export class TernNode {
     });
 
     store.on('events', (events) => {
-      for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
+      // opens and clicks come thousands a second: they are in the outbox, and in the log at debug only
+      const hits = log.isLevelEnabled('debug');
+      for (const e of events) {
+        if (TRACKING_HITS.has(e.type) && !hits) continue;
+        const { type, ...fields } = e;
+        if (TRACKING_HITS.has(type)) log.debug({ event: type, ...fields }, type);
+        else log.info({ event: type, ...fields }, type);
+      }
     });
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, control, resolver, queueAdmin, mtaSts, bounces);

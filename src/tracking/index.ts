@@ -13,6 +13,9 @@ import { TrackingEvents } from './events.js';
 import { TrackingServer } from './server.js';
 import { TrackingTokens, loadTrackingKeys } from './tokens.js';
 
+/** Event types recorded for every open and click: logged at debug, not info (see node.ts). */
+export const TRACKING_HITS = new Set(['opened', 'clicked']);
+
 export interface Tracking {
   /** signing key first */
   keys: Buffer[];

@@ -82,6 +82,7 @@ export class TrackingServer {
   private readonly traps = new RecentTimes(AFTER_TRAP_MS);
   private readonly clock: () => number;
   private readonly requests: Counter<'kind' | 'result'>;
+  private readonly counted = new Map<string, { inc(): void }>();
   private readonly sockets = new Set<Socket>();
 
   constructor(private readonly opts: TrackingServerOptions) {
@@ -124,6 +125,14 @@ export class TrackingServer {
     });
   }
 
+  /** Counts a request (label children are made once: a lookup by labels on every request is measurable). */
+  private count(kind: string, result: 'human' | 'machine' | 'rejected'): void {
+    const key = `${kind}:${result}`;
+    let child = this.counted.get(key);
+    if (!child) this.counted.set(key, (child = this.requests.labels(kind, result)));
+    child.inc();
+  }
+
   /** A recipient's copy was delivered now: a click within the scanner window after this is a scanner's. */
   noteDelivered(queueId: string, rcpt: string, at: number): void {
     this.deliveries.set(`${queueId}\0${rcpt.toLowerCase()}`, at);
@@ -147,13 +156,13 @@ export class TrackingServer {
     const verified = this.opts.tokens.verify(path.slice(3));
     const kindOfRoute = route === '/o/' ? 'open' : route === '/c/' ? 'click' : 'unsubscribe';
     if (!verified.ok) {
-      this.requests.inc({ kind: kindOfRoute, result: 'rejected' });
+      this.count(kindOfRoute, 'rejected');
       return this.fail(res, verified.reason === 'malformed' ? 400 : 404, verified.reason === 'malformed' ? 'Bad link' : 'Unknown link');
     }
     const token = verified.token;
     const fits = route === '/o/' ? token.kind === 'open' : route === '/c/' ? token.kind === 'click' || token.kind === 'trap' : token.kind === 'unsubscribe';
     if (!fits) {
-      this.requests.inc({ kind: kindOfRoute, result: 'rejected' });
+      this.count(kindOfRoute, 'rejected');
       return this.fail(res, 404, 'Unknown link');
     }
     if (token.kind === 'unsubscribe') return method === 'POST' ? this.unsubscribe(req, res, token) : this.unsubscribePage(res, method);
@@ -181,7 +190,7 @@ export class TrackingServer {
     });
     if (isTrap) this.traps.set(who, now, ip);
     this.opts.events.record({ token, at: now, machine: verdict.machine, reason: verdict.reason, userAgent, ip });
-    this.requests.inc({ kind: token.kind, result: verdict.machine ? 'machine' : 'human' });
+    this.count(token.kind, verdict.machine ? 'machine' : 'human');
     if (token.kind === 'click') {
       // the destination is the signed URL, and only that: no open redirect
       res.writeHead(302, { location: token.url, 'cache-control': NO_STORE, 'referrer-policy': 'no-referrer', 'content-length': '0' }).end();
@@ -218,7 +227,7 @@ export class TrackingServer {
         .unsubscribe(token, { method, userAgent: req.headers['user-agent'] ?? '', ip: this.clientAddress(req), at: this.clock() })
         .then(
           () => {
-            this.requests.inc({ kind: 'unsubscribe', result: 'human' });
+            this.count('unsubscribe', 'human');
             res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': NO_STORE });
             res.end(html('Unsubscribed', '<h1>You are unsubscribed</h1><p>You will not receive these emails at this address any more.</p>'));
           },
