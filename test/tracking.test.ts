@@ -83,7 +83,7 @@ beforeAll(async () => {
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: sink.port }],
     dkim: { keys: [{ domain: 'sender.tern.test', selector: 'rsa1', key_file: rsa.keyFile }] },
     listeners: { tracking: { host: '127.0.0.1', port } },
-    tracking: { enabled: true, base_url: base, scanner_window: '2s' },
+    tracking: { enabled: true, base_url: base, scanner_window: '3s' },
   });
 });
 
@@ -168,7 +168,7 @@ describe('tracked mail', () => {
 
   it('sends every tracked link, followed with a real HTTP client, to exactly the URL the HTML means', async () => {
     const deliveredAt = events((e) => e.type === 'delivered' && e.queue_id === qid)[0]!.at;
-    await new Promise((r) => setTimeout(r, Math.max(0, deliveredAt + 2100 - Date.now()))); // past the scanner window
+    await new Promise((r) => setTimeout(r, Math.max(0, deliveredAt + 3100 - Date.now()))); // past the scanner window
     const tracked = visible(html).filter((a) => a.href.startsWith(`${base}/c/`));
     expect(tracked).toHaveLength(TRICKY.length);
     for (const [i, a] of tracked.entries()) {
