@@ -72,6 +72,14 @@ describe('rules files', () => {
     expect(() => MachineAgents.from({ rules: [{ name: 'x', agent: 'y' }] })).toThrow(/rules\[0\]\.agent: unknown key/);
   });
 
+  it('match client networks, IPv4 (mapped or not) and IPv6', () => {
+    const a = MachineAgents.from({ rules: [{ name: 'v4', networks: ['17.0.0.0/8', '192.0.2.128/25'] }, { name: 'v6', networks: ['2001:db8::/32'] }, { name: 'all', for: 'click', networks: ['0.0.0.0/0'] }] });
+    const at = (ip: string, kind: 'open' | 'click' = 'open') => a.match(hit({ kind, ip }));
+    expect([at('17.0.0.0'), at('17.255.255.255'), at('::ffff:17.1.2.3'), at('192.0.2.200'), at('2001:db8::1')]).toEqual(['v4', 'v4', 'v4', 'v4', 'v6']);
+    expect([at('16.255.255.255'), at('18.0.0.0'), at('192.0.2.127'), at('2001:db9::1'), at('17.1.2'), at('17.1.2.3.4'), at('')]).toEqual([null, null, null, null, null, null, null]);
+    expect(at('203.0.113.1', 'click')).toBe('all');
+  });
+
   it('are tried in order, the first match deciding', () => {
     const a = MachineAgents.from({ rules: [{ name: 'first', user_agent: 'bot' }, { name: 'second', user_agent: 'robot' }] });
     expect(a.match(hit({ userAgent: 'a robot' }))).toBe('first');
