@@ -9,6 +9,9 @@ import https from 'node:https';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
+import fc from 'fast-check';
+import { Parser } from 'htmlparser2';
+import { prepareMessage } from '../src/mta/prepare.js';
 import { Store } from '../src/core/store.js';
 import { tlsMaterial } from '../src/core/tls.js';
 import { SuppressionList } from '../src/bounce/suppression.js';
@@ -100,6 +103,48 @@ describe('tracking listener', () => {
     expect(head.headers.location).toBe('https://example.com/');
     await events.flush();
     expect(store.events().filter((e) => e.type === 'clicked' && e.rcpt === 'r@example.org').at(-1)).toMatchObject({ machine: true, reason: 'head_request' });
+  });
+
+  it('redirects every rewritten link, followed over HTTP, to exactly the URL its HTML means (property)', async () => {
+    const part = fc.string({ unit: fc.constantFrom(...'aZ09-._~!$\'()*+,;=:@ %äé日/?#'.split(''), '&', '&amp;', '&#38;', '%2F', '%e2%82%ac', '&quot;'), maxLength: 40 });
+    let followed = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('https://example.com/', 'http://bücher.example:8080/', 'HTTPS://Shop.Example.org/a/'), part, async (origin, rest) => {
+        const html = `<html><body><a class="b" href="${origin}${rest}">go</a></body></html>`;
+        const raw = Buffer.from(`From: a@example.com\r\nTo: b@example.org\r\nContent-Type: text/html; charset=utf-8\r\n\r\n${html}\r\n`, 'utf8');
+        const prepared = prepareMessage(
+          { raw, hostname: 'h', id: who.msgId, utf8: true, tenant: 'acme', feedbackSenderId: 'f', tracking: { baseUrl: `${base}/t`, track: true, unsubscribeTransactional: true, trapLink: false, mailDomain: 'b.example', recipients: ['b@example.org'] } },
+          () => [],
+          tokens,
+        );
+        if (!prepared.ok) throw new Error(prepared.reason);
+        // what the HTML means, read by a real parser from the original, and what was sent
+        const hrefs = (doc: string) => {
+          const out: string[] = [];
+          const p = new Parser({ onopentag: (name, a) => name === 'a' && a.href !== undefined && out.push(a.href) }, { decodeEntities: true });
+          p.end(doc);
+          return out;
+        };
+        const [meant] = hrefs(html);
+        let expected: string | null = null;
+        try {
+          expected = new URL(meant!.trim()).href;
+        } catch {
+          // not a URL at all: not tracked
+        }
+        const [sent] = hrefs(Buffer.from(prepared.personal?.[0] ?? prepared.message).toString('utf8'));
+        if (expected === null || !sent!.startsWith(`${base}/t/c/`)) {
+          expect(sent).toBe(meant);
+          return;
+        }
+        const r = await request(sent!);
+        expect(r.status).toBe(302);
+        expect(r.headers.location).toBe(expected);
+        followed++;
+      }),
+      { numRuns: 150 },
+    );
+    expect(followed).toBeGreaterThan(100); // the property is about links that were rewritten
   });
 
   it('sends the pixel with no-cache headers, and refuses an oversized unsubscribe request', async () => {
