@@ -9,7 +9,8 @@
  *
  * A malformed token gets 400, a forged or altered one (or one of another kind) 404, and nothing is recorded.
  * It is a plain node:http server rather than fastify: four routes without bodies or schemas, on the path
- * every open and click takes, where fastify's per-request machinery halved the throughput measured here.
+ * every open and click takes, where fastify's per-request machinery cost 15–25 % of the throughput of an
+ * empty route on this project's benchmark machine (bench/RESULTS.md).
  */
 import http from 'node:http';
 import https from 'node:https';
