@@ -56,6 +56,7 @@ async function start(argv: string[]): Promise<void> {
   process.stdout.write(
     `Tern is running: SMTP submission on ${config.submission.host}:${node.ports.submission}, inbound (bounces, complaints) on ${config.inbound.host}:${node.ports.inbound}, control (metrics, health) on http://${config.control.host}:${node.ports.control}\n`,
   );
+  if (node.tracking) process.stdout.write(`      tracking (opens, clicks, unsubscribes) on ${config.tracking.listener.host}:${node.ports.tracking}, reached at ${config.tracking.baseUrl}\n`);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

@@ -32,6 +32,7 @@ import { SuppressionList } from './bounce/suppression.js';
 import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 import { WebhookDelivery } from './events/webhooks.js';
 import { EventStreams } from './events/stream.js';
+import { TRACKING_HITS, startTracking, type Tracking } from './tracking/index.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -49,7 +50,9 @@ export interface BounceParts {
 }
 
 export class TernNode {
-  readonly ports: { submission: number; control: number; inbound: number } = { submission: 0, control: 0, inbound: 0 };
+  readonly ports: { submission: number; control: number; inbound: number; tracking: number } = { submission: 0, control: 0, inbound: 0, tracking: 0 };
+  /** the tracking listener and its events; null without tracking.base_url */
+  tracking: Tracking | null = null;
   private cronTasks: Array<{ stop(): void }> = [];
 
   private constructor(
@@ -121,7 +124,8 @@ export class TernNode {
     const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext, tenants: controlPlane.tenants });
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
-    const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers);
+    const tracking = config.tracking.baseUrl ? startTracking(config, store, bounces.suppressions, log, metrics.registry) : null;
+    const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers, tracking?.keys);
     // the keys of tenants' verified sending domains, now and whenever a domain's status changes
     preparer.setTenantKeys(controlPlane.domains.signingKeys());
     controlPlane.domains.onSigningKeys = (keys) => preparer.setTenantKeys(keys);
@@ -163,12 +167,20 @@ export class TernNode {
     });
 
     store.on('events', (events) => {
-      for (const { type, ...fields } of events) log.info({ event: type, ...fields }, type);
+      // opens and clicks come thousands a second: they are in the outbox, and in the log at debug only
+      const hits = log.isLevelEnabled('debug');
+      for (const e of events) {
+        if (TRACKING_HITS.has(e.type) && !hits) continue;
+        const { type, ...fields } = e;
+        if (TRACKING_HITS.has(type)) log.debug({ event: type, ...fields }, type);
+        else log.info({ event: type, ...fields }, type);
+      }
     });
 
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, controlPlane, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     node.webhooks = webhooks;
+    node.tracking = tracking;
     nodeRef = node;
     try {
       await webhooks.start();
@@ -179,6 +191,10 @@ export class TernNode {
       node.ports.inbound = await inbound.listen();
       await control.listen({ host: config.control.host, port: config.control.port });
       node.ports.control = (control.server.address() as { port: number }).port;
+      if (tracking) {
+        node.ports.tracking = await tracking.server.listen();
+        log.info({ tracking: `${config.tracking.listener.host}:${node.ports.tracking}`, base_url: config.tracking.baseUrl }, 'tracking listener started');
+      }
     } catch (err) {
       await node.stop();
       throw err;
@@ -190,6 +206,7 @@ export class TernNode {
         const before = Date.now() - config.events.retentionMs;
         const events = await store.pruneEvents(before);
         const messages = await spool.pruneFinished(before);
+        await tracking?.events.prune(Date.now() - config.tracking.retentionMs);
         if (events || messages) log.info({ events, messages }, 'retention: pruned old records');
       }),
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
@@ -210,6 +227,7 @@ export class TernNode {
     await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
     await this.webhooks.stop();
+    await this.tracking?.close().catch(() => {});
     this.queueAdmin.stop();
     this.controlPlane.stop();
     await this.scheduler.stop();

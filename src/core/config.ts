@@ -55,6 +55,15 @@ const InboundListener = Strict({
   data_timeout: Duration('5m', 'longest a client may take to send one message'),
 });
 
+const TrackingListener = Strict({
+  host: Host('127.0.0.1'),
+  port: Port(8080),
+  tls: Type.Optional(TlsFiles),
+  trusted_proxies: Type.Array(Type.String(), { default: [], description: 'CIDRs of reverse proxies whose X-Forwarded-For is believed' }),
+});
+
+const Stream = Type.Union([Type.Literal('marketing'), Type.Literal('transactional')]);
+
 const DomainName = Type.String({ pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$' });
 
 const SmtpUser = Type.Object(
@@ -116,7 +125,7 @@ export const ConfigSchema = Strict({
     level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
     file: Type.Optional(Type.String({ description: 'write logs here instead of stdout' })),
   }),
-  listeners: Strict({ submission: SubmissionListener, control: ControlListener, inbound: InboundListener }),
+  listeners: Strict({ submission: SubmissionListener, control: ControlListener, inbound: InboundListener, tracking: TrackingListener }),
   relay: Strict({ trusted_networks: Type.Array(Type.String(), { default: [] }) }),
   smtp_users: Type.Array(SmtpUser, { default: [] }),
   dns: Strict({
@@ -127,7 +136,13 @@ export const ConfigSchema = Strict({
   pools: Type.Record(Type.String({ minLength: 1 }), Strict({ sources: Type.Array(Source, { minItems: 1 }) }), {
     default: { default: { sources: [{ name: 'default', address: '0.0.0.0', ehlo: os.hostname() }] } },
   }),
-  tenants: Type.Record(Type.String({ minLength: 1 }), Strict({ pool: Type.String({ minLength: 1, default: 'default' }), bounce_domain: Type.Optional(DomainName) }), {
+  tenants: Type.Record(Type.String({ minLength: 1 }), Strict({
+    pool: Type.String({ minLength: 1, default: 'default' }),
+    bounce_domain: Type.Optional(DomainName),
+    tracking: Type.Optional(Type.Boolean({ description: 'open and click tracking for this tenant; default tracking.enabled' })),
+    list_unsubscribe: Type.Boolean({ default: true, description: 'false: no List-Unsubscribe on transactional mail (marketing mail always has it)' }),
+    stream: Type.Optional(Stream),
+  }), {
     default: { default: { pool: 'default' } },
   }),
   dkim: Strict({ keys: Type.Array(DkimKey, { default: [] }), workers: Type.Integer({ minimum: 0, default: 0, description: '0 = one per core' }) }),
@@ -191,6 +206,15 @@ export const ConfigSchema = Strict({
     tracking_label: Type.String({ pattern: '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$', default: 'track', description: 'a sending domain\'s tracking subdomain is <label>.<domain>' }),
     recheck: Duration('6h', 'the DNS of every sending domain is checked again this often'),
   }),
+  tracking: Strict({
+    enabled: Type.Boolean({ default: false, description: 'open and click tracking for tenants that do not say' }),
+    base_url: Type.Optional(Type.String({ minLength: 1, description: 'public URL of the tracking listener' })),
+    keys: Type.Array(Type.String({ minLength: 1 }), { default: [], description: 'key files, the signing key first; default data_dir/keys/tracking.key' }),
+    scanner_window: Duration('10s', 'a click this soon after delivery is a link scanner'),
+    trap_link: Type.Boolean({ default: true, description: 'a hidden link that only machines follow' }),
+    agents_file: Type.Optional(Type.String({ minLength: 1, description: 'machine-activity rules; default: the shipped config/tracking-agents.yaml' })),
+    retention: Duration('400d', 'how long unique opens and clicks are remembered per recipient'),
+  }),
   warmup: Strict({
     file: Type.Optional(Type.String({ minLength: 1, description: 'warmup plans; default: the shipped config/warmup.yaml' })),
     plans: Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { default: {}, description: 'more plans (same shape as in the file; these win)' }),
@@ -202,6 +226,8 @@ export const ConfigSchema = Strict({
 export const SHIPPED_SHAPING_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'shaping.yaml');
 /** config/bounce-rules.yaml of this installation, used when the config names no bounce rules file. */
 export const SHIPPED_BOUNCE_RULES_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'bounce-rules.yaml');
+/** config/tracking-agents.yaml of this installation, used when the config names no agents file. */
+export const SHIPPED_TRACKING_AGENTS_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'tracking-agents.yaml');
 /** config/warmup.yaml of this installation, used when the config names no warmup file. */
 export const SHIPPED_WARMUP_FILE = path.resolve(import.meta.dirname, '..', '..', 'config', 'warmup.yaml');
 
@@ -254,6 +280,18 @@ export interface Config {
   warmup: { file: string; plans: Record<string, unknown>; idleResetDays: number };
   /** sending domains made through the control API: what their DNS records point to */
   domains: { inboundMx: string; trackingCname: string; spfInclude: string | null; dmarcRua: string | null; bounceLabel: string; trackingLabel: string; recheckMs: number };
+  tracking: {
+    /** null: no tracking listener, no tracking, no List-Unsubscribe */
+    baseUrl: string | null;
+    enabled: boolean;
+    /** key files (signing key first); empty: data_dir/keys/tracking.key and keys/tracking.old*.key */
+    keyFiles: string[];
+    scannerWindowMs: number;
+    trapLink: boolean;
+    agentsFile: string;
+    retentionMs: number;
+    listener: Omit<RawConfig['listeners']['tracking'], 'tls'> & { tls?: { cert: string; key: string } };
+  };
   /** operator token for admin routes (TERN_ADMIN_TOKEN, else control.admin_token); null = admin routes refused */
   adminToken: string | null;
 }
@@ -338,7 +376,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
   });
   // the default tenant (trusted-network mail) and the default pool exist even when the file names others
   raw.pools.default ??= { sources: [{ name: 'default', address: '0.0.0.0', ehlo: raw.hostname }] };
-  raw.tenants.default ??= { pool: 'default' };
+  raw.tenants.default ??= { pool: 'default', list_unsubscribe: true };
   for (const [tenant, t] of Object.entries(raw.tenants)) {
     if (!raw.pools[t.pool]) problems.push(`tenants.${tenant}.pool: pool "${t.pool}" is not defined under pools`);
   }
@@ -396,6 +434,7 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
       if (s.warmup && Number.isNaN(Date.parse(s.warmup.start))) problems.push(`pools.${pool}.sources[${i}].warmup.start: "${s.warmup.start}" is not a date; write it like "2026-12-01"`);
     });
   const webhooks = resolveWebhooks(raw.webhooks, raw.webhook_delivery, { tenants: Object.keys(raw.tenants), retentionMs: parseDuration(raw.events.retention) }, problems);
+  const tracking = resolveTracking(raw, fromConfig, problems);
   let maxMessageSize = 0;
   try {
     maxMessageSize = parseSize(sub.max_message_size);
@@ -466,7 +505,61 @@ function resolve(raw: RawConfig, file: string | null, problems: string[]): Confi
       trackingLabel: raw.domains.tracking_label,
       recheckMs: parseDuration(raw.domains.recheck),
     },
+    tracking,
     adminToken: process.env.TERN_ADMIN_TOKEN || raw.control.admin_token || null,
+  };
+}
+
+/** The tracking keys and listener; a tracked tenant without `tracking.base_url` is a problem. */
+function resolveTracking(raw: RawConfig, fromConfig: (p: string) => string, problems: string[]): Config['tracking'] {
+  const t = raw.tracking;
+  let baseUrl: string | null = null;
+  if (t.base_url !== undefined) {
+    let url: URL | null = null;
+    try {
+      url = new URL(t.base_url);
+    } catch {
+      // reported below
+    }
+    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:') || url.search || url.hash || url.username)
+      problems.push(`tracking.base_url: "${t.base_url}" is not a URL the tracking listener can be reached at; write it like "https://t.example.com" (no query or fragment)`);
+    else baseUrl = url.href.replace(/\/+$/, '');
+  }
+  if (baseUrl === null && t.base_url === undefined) {
+    if (t.enabled) problems.push('tracking.base_url: missing; tracking.enabled needs the public URL of the tracking listener, like "https://t.example.com"');
+    for (const [tenant, c] of Object.entries(raw.tenants))
+      if (c.tracking) problems.push(`tenants.${tenant}.tracking: tracking is on but tracking.base_url is missing; set it to the public URL of the tracking listener`);
+  }
+  const keyFiles = t.keys.map((k, i) => {
+    const file = fromConfig(k);
+    if (!fs.existsSync(file)) problems.push(`tracking.keys[${i}]: ${file} does not exist; make one with: openssl rand -hex 32 > ${file}`);
+    return file;
+  });
+  const agentsFile = t.agents_file ? fromConfig(t.agents_file) : SHIPPED_TRACKING_AGENTS_FILE;
+  if (!fs.existsSync(agentsFile)) problems.push(`tracking.agents_file: ${agentsFile} does not exist`);
+  const l = raw.listeners.tracking;
+  let tls: { cert: string; key: string } | undefined;
+  if (l.tls) {
+    tls = { cert: fromConfig(l.tls.cert_file), key: fromConfig(l.tls.key_file) };
+    if (!fs.existsSync(tls.cert)) problems.push(`listeners.tracking.tls.cert_file: ${tls.cert} does not exist`);
+    if (!fs.existsSync(tls.key)) problems.push(`listeners.tracking.tls.key_file: ${tls.key} does not exist`);
+  }
+  l.trusted_proxies.forEach((cidr, i) => {
+    try {
+      parseCidr(cidr);
+    } catch (err) {
+      problems.push(`listeners.tracking.trusted_proxies[${i}]: ${(err as Error).message}`);
+    }
+  });
+  return {
+    baseUrl,
+    enabled: t.enabled,
+    keyFiles,
+    scannerWindowMs: parseDuration(t.scanner_window),
+    trapLink: t.trap_link,
+    agentsFile,
+    retentionMs: parseDuration(t.retention),
+    listener: { host: l.host, port: l.port, trusted_proxies: l.trusted_proxies, tls },
   };
 }
 

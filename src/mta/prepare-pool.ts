@@ -7,6 +7,7 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { loadSigningKey, type SigningKey } from './dkim.js';
 import { keyLookup, prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
+import { TrackingTokens } from '../tracking/tokens.js';
 
 export interface KeyMaterial {
   domain: string;
@@ -75,13 +76,14 @@ class PreparerThread {
     private readonly url: URL,
     private readonly keys: KeyMaterial[],
     private readonly tenantKeys: () => TenantKeyMaterial[],
+    private readonly trackingKeys: string[],
   ) {
     this.spawn();
   }
 
   /** Starts the thread; one that dies unexpectedly fails its pending messages (the clients get a 451) and is replaced. */
   private spawn(): void {
-    const worker = new Worker(this.url, { workerData: { keys: this.keys, tenantKeys: this.tenantKeys() } });
+    const worker = new Worker(this.url, { workerData: { keys: this.keys, tenantKeys: this.tenantKeys(), trackingKeys: this.trackingKeys } });
     worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
       const p = this.pending.get(id);
       if (!p) return;
@@ -108,16 +110,21 @@ class PreparerThread {
   }
 }
 
-/** `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments). */
-export function createPreparer(keys: KeyMaterial[], threads: number): Preparer {
+/**
+ * `threads` 0 = one per core; negative = prepare on the calling thread (tests, tiny deployments).
+ * `trackingKeys` (signing key first) sign tracking tokens; without them no message is personalised.
+ */
+export function createPreparer(keys: KeyMaterial[], threads: number, trackingKeys: Buffer[] = []): Preparer {
   if (threads < 0) {
     const signing = new SigningKeys(keys);
-    return { prepare: async (input) => prepareMessage(input, signing.for(input.tenant)), close: async () => {}, threads: () => [], setTenantKeys: (k) => signing.setTenantKeys(k) };
+    const tokens = trackingKeys.length ? new TrackingTokens(trackingKeys) : null;
+    return { prepare: async (input) => prepareMessage(input, signing.for(input.tenant), tokens), close: async () => {}, threads: () => [], setTenantKeys: (k) => signing.setTenantKeys(k) };
   }
   const count = threads || os.availableParallelism();
   const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
   let tenantKeys: TenantKeyMaterial[] = [];
-  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys, () => tenantKeys));
+  const trackingHex = trackingKeys.map((k) => k.toString('hex'));
+  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys, () => tenantKeys, trackingHex));
   let nextId = 0;
   return {
     prepare(input) {

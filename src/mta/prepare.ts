@@ -1,17 +1,21 @@
 /**
  * Message preparation: the named steps every accepted message goes through before it is spooled.
- *   checkLineEndings → parseHeaders → checkAddresses → readTernHeaders → completeHeaders → sign
+ *   checkLineEndings → parseHeaders → checkAddresses → readTernHeaders → completeHeaders → personalise → sign
  * Pure: bytes in, bytes (or a refusal) out. It runs in worker threads (see prepare-pool.ts).
+ * `personalise` (src/tracking/personalise.ts) makes one copy per recipient when the message is tracked or
+ * gets a List-Unsubscribe (its tokens name the recipient); each copy is signed on its own.
  */
 import { dkimSignatures, type SigningKey } from './dkim.js';
 import { parseAddressHeader, domainOf } from './address.js';
 import { splitMessage, joinMessage, type HeaderField } from './headers.js';
+import { planPersonalisation, type TrackingSettings } from '../tracking/personalise.js';
+import type { TrackingTokens } from '../tracking/tokens.js';
 
 export interface PrepareInput {
   raw: Uint8Array;
   /** the node's name, used in an added Message-ID */
   hostname: string;
-  /** a unique id for an added Message-ID's left part */
+  /** the spool's queue id: tracking tokens carry it, and an added Message-ID's left part is made of it */
   id: string;
   /** SMTPUTF8 was given: UTF-8 addresses are fine */
   utf8: boolean;
@@ -19,6 +23,10 @@ export interface PrepareInput {
   tenant: string;
   feedbackSenderId: string;
   now?: number;
+  /** the tenant's stream when the message does not say (X-Tern-Stream), or the API call's; default marketing */
+  stream?: 'marketing' | 'transactional';
+  /** tracking and List-Unsubscribe for the tenant (src/tracking/settings.ts); null: one body for all */
+  tracking?: TrackingSettings | null;
 }
 
 export interface Refusal {
@@ -37,8 +45,10 @@ export interface Prepared {
   signedBy: string[];
   /** from X-Tern-Campaign ('-' when absent) */
   campaign: string;
-  /** from X-Tern-Stream: transactional or marketing (the default) */
+  /** from X-Tern-Stream, else the input's stream: transactional or marketing (the default) */
   stream: 'marketing' | 'transactional';
+  /** one signed copy per recipient of `tracking.recipients`, when personalised (then `message` is the first) */
+  personal?: Uint8Array[];
 }
 
 const MAX_LINE = 998;
@@ -104,10 +114,17 @@ export function rfc5322Date(ms: number): string {
 }
 
 /** Instructions to Tern in the message's own headers; they are removed before it is sent. */
-const TERN_HEADERS = new Set(['x-tern-campaign', 'x-tern-stream']);
+const TERN_HEADERS = new Set(['x-tern-campaign', 'x-tern-stream', 'x-tern-track']);
 const CAMPAIGN = /^[A-Za-z0-9._-]{1,64}$/;
 
-function readTernHeaders(fields: HeaderField[]): Refusal | { campaign: string; stream: 'marketing' | 'transactional' } {
+interface TernInstructions {
+  campaign: string;
+  stream: 'marketing' | 'transactional' | undefined;
+  /** X-Tern-Track: on/off, when given */
+  track: boolean | undefined;
+}
+
+function readTernHeaders(fields: HeaderField[]): Refusal | TernInstructions {
   const value = (name: string) => {
     const found = fields.filter((f) => f.lname === name);
     if (found.length > 1) return { error: `Message has more than one ${found[0]!.name} header` };
@@ -115,16 +132,20 @@ function readTernHeaders(fields: HeaderField[]): Refusal | { campaign: string; s
   };
   const campaign = value('x-tern-campaign');
   const stream = value('x-tern-stream');
+  const track = value('x-tern-track');
   if ('error' in campaign) return refuse(550, '5.6.0', campaign.error!);
   if ('error' in stream) return refuse(550, '5.6.0', stream.error!);
+  if ('error' in track) return refuse(550, '5.6.0', track.error!);
   if (campaign.value !== undefined && !CAMPAIGN.test(campaign.value))
     return refuse(550, '5.6.0', 'X-Tern-Campaign must be 1 to 64 letters, digits, ".", "_" or "-"');
   const s = stream.value?.toLowerCase();
   if (s !== undefined && s !== 'marketing' && s !== 'transactional') return refuse(550, '5.6.0', 'X-Tern-Stream must be "marketing" or "transactional"');
-  return { campaign: campaign.value ?? '-', stream: (s as 'marketing' | 'transactional' | undefined) ?? 'marketing' };
+  const t = track.value?.toLowerCase();
+  if (t !== undefined && t !== 'on' && t !== 'off') return refuse(550, '5.6.0', 'X-Tern-Track must be "on" or "off"');
+  return { campaign: campaign.value ?? '-', stream: s as 'marketing' | 'transactional' | undefined, track: t === undefined ? undefined : t === 'on' };
 }
 
-export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string) => SigningKey[]): Prepared | Refusal {
+export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string) => SigningKey[], tokens: TrackingTokens | null = null): Prepared | Refusal {
   const now = input.now ?? Date.now();
   const lineProblem = checkLineEndings(input.raw);
   if (lineProblem) return lineProblem;
@@ -136,8 +157,9 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
   const checked = checkAddresses(fields, input.utf8);
   if ('ok' in checked) return checked;
 
-  const tern = readTernHeaders(fields);
-  if ('ok' in tern) return tern;
+  const ternHeaders = readTernHeaders(fields);
+  if ('ok' in ternHeaders) return ternHeaders;
+  const tern = { ...ternHeaders, stream: ternHeaders.stream ?? input.stream ?? 'marketing' };
 
   // Bcc must not travel (RFC 5322 §3.6.3): the envelope already carries those recipients. Neither do our
   // own instructions, nor a Feedback-ID the client made up: ours identifies the tenant for complaint reports.
@@ -152,17 +174,39 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
   if (!kept.some((f) => f.lname === 'date')) kept.push({ name: 'Date', lname: 'date', value: ` ${rfc5322Date(now)}` });
 
   const keys = keysFor(checked.fromDomain);
-  const signatures = dkimSignatures(kept, body, keys, now);
-  const message = Buffer.from(signatures + joinMessage(kept, body), 'latin1');
+  const plan = personalisation(input, kept, body, tern, tokens, now);
+  const personal = plan?.recipients.map((_, i) => {
+    const copy = plan.forRecipient(i);
+    return signedCopy(copy.fields, copy.body, keys, now);
+  });
+  const message = personal?.[0] ?? Buffer.from(dkimSignatures(kept, body, keys, now) + joinMessage(kept, body), 'latin1');
   return {
     ok: true,
     message,
+    personal,
     messageId: Buffer.from(messageIdField.value, 'latin1').toString('utf8').trim(),
     fromDomain: checked.fromDomain,
     signedBy: keys.map((k) => `${k.selector}._domainkey.${k.domain}`),
     campaign: tern.campaign,
     stream: tern.stream,
   };
+}
+
+/** A signed recipient's copy, in a buffer of its own so that it moves between threads without a copy. */
+function signedCopy(fields: HeaderField[], body: string, keys: SigningKey[], now: number): Buffer {
+  const text = dkimSignatures(fields, body, keys, now) + joinMessage(fields, body);
+  const out = Buffer.allocUnsafeSlow(text.length);
+  out.write(text, 'latin1');
+  return out;
+}
+
+/** The per-recipient copies to make when the message is tracked or gets a List-Unsubscribe; null when one body serves all. */
+function personalisation(input: PrepareInput, fields: HeaderField[], body: string, tern: TernInstructions & { stream: 'marketing' | 'transactional' }, tokens: TrackingTokens | null, now: number) {
+  const settings = input.tracking;
+  if (!settings || !tokens || !settings.recipients.length) return null;
+  const track = tern.track ?? settings.track;
+  const plan = planPersonalisation(fields, body, settings, { msgId: input.id, tenant: input.tenant, campaign: tern.campaign, stream: tern.stream, track, now }, tokens);
+  return plan ? { recipients: settings.recipients, forRecipient: plan.forRecipient } : null;
 }
 
 /** Finds the keys for a From domain: its own, else the nearest parent domain that has keys. */

@@ -699,8 +699,10 @@ export class Scheduler {
   private async transaction(conn: OutboundConnection, rq: ReadyQueue, batch: Job[], mx: string): Promise<{ keepGoing: boolean; recorded: Promise<unknown> }> {
     const first = batch[0]!;
     const body = this.deps.spool.body(first.msgId);
+    // a personalised message (tracking tokens, List-Unsubscribe) has a copy per recipient instead of one body
+    const copies = body ? null : this.personalCopies(first.msgId, batch);
     const source = rq.source.name;
-    if (!body) {
+    if (!body && !copies?.size) {
       // every recipient already has a final result: nothing to send, drop the stale entry
       for (const job of batch) {
         this.unreserve(job);
@@ -717,18 +719,22 @@ export class Scheduler {
     // with VERP each recipient has its own envelope sender (and X-Tern-Ref), so its own transaction; a
     // message sent with a null sender keeps it and its recipients share one
     const verp = this.deps.bounces?.verp && first.sender !== '' ? this.deps.bounces.verp : null;
-    const envelopes = verp ? recipients.map((x) => [x]) : [recipients];
+    const envelopes = verp || copies ? recipients.map((x) => [x]) : [recipients];
     for (const job of batch) this.countSent(job);
     let keepGoing = true;
     for (const group of envelopes) {
       // the connection went away: the rest were not tried and stay queued without an attempt counted
       if (!conn.usable) break;
       let sender = first.sender;
-      let data = body;
+      let data = copies ? copies.get(group[0]!.r.i) : body!;
+      if (!data) {
+        for (const { job, r } of group) record(job, { i: r.i, result: 'failed', response: '554 5.3.0 This recipient\'s copy of the message is missing from the spool', source });
+        continue;
+      }
       if (verp) {
         const i = group[0]!.r.i;
         sender = verp.encode(first.msgId, i, this.bounceDomainOf(first.tenant));
-        data = Buffer.concat([Buffer.from(`X-Tern-Ref: ${verp.ref(first.msgId, i)}\r\n`, 'latin1'), body]);
+        data = Buffer.concat([Buffer.from(`X-Tern-Ref: ${verp.ref(first.msgId, i)}\r\n`, 'latin1'), data]);
       }
       const utf8 = /[^\x00-\x7f]/.test(sender) || group.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
       try {
@@ -755,6 +761,17 @@ export class Scheduler {
     }
     const recorded = batch.map((job) => this.finish(job, outcomes.get(job)!, rq.site.key));
     return { keepGoing, recorded: Promise.all(recorded) };
+  }
+
+  /** The recipients' own copies of a personalised message, by recipient index. */
+  private personalCopies(msgId: string, batch: Job[]): Map<number, Buffer> {
+    const copies = new Map<number, Buffer>();
+    for (const job of batch)
+      for (const r of job.rcpts) {
+        const copy = this.deps.spool.personalBody(msgId, r.i);
+        if (copy) copies.set(r.i, copy);
+      }
+    return copies;
   }
 
   /** The bounce domain of a tenant's VERP envelope senders. */

@@ -6,6 +6,8 @@
  * Sub-databases (owned here; other modules call these functions):
  *   spool.messages   msgId → MessageRecord
  *   spool.bodies     msgId → raw bytes (signed, CRLF, ready to send)
+ *                    [msgId, i] → recipient i's own copy, for a personalised message (tracking tokens,
+ *                    List-Unsubscribe): then there is no msgId entry, and each copy goes when its recipient is final
  *   spool.recipients [msgId, i] → RecipientRecord
  *   spool.schedule   [dueAt, msgId, domain, firstIndex] → ScheduleEntry   (one per message × domain group)
  *
@@ -33,6 +35,8 @@ export interface MessageRecord {
   recipients: number;
   /** recipients without a final result yet; the body is deleted when this reaches 0 */
   pending: number;
+  /** each recipient has its own body ([msgId, i] in spool.bodies) */
+  personal?: true;
 }
 
 export type RecipientStatus = 'queued' | 'delivered' | 'failed' | 'expired';
@@ -121,6 +125,8 @@ export interface AcceptInput {
   sender: string;
   recipients: string[];
   body: Uint8Array;
+  /** one body per recipient, in `recipients` order (a personalised message); `body` is then one of them */
+  bodies?: Uint8Array[];
   messageId: string;
   listener: string;
   client?: string;
@@ -142,7 +148,7 @@ export function newMessageId(now = Date.now()): string {
 
 export class Spool {
   private readonly messages: Database<MessageRecord, string>;
-  private readonly bodies: Database<Buffer, string>;
+  private readonly bodies: Database<Buffer, string | [string, number]>;
   private readonly recipients: Database<RecipientRecord, [string, number]>;
   private readonly schedule: Database<ScheduleEntry, ScheduleKey>;
   /** depth of every scheduled queue, updated as each change commits (one pass over the index at start) */
@@ -225,8 +231,10 @@ export class Spool {
         messageId: input.messageId,
         recipients: input.recipients.length,
         pending: input.recipients.length,
+        ...(input.bodies ? { personal: true as const } : {}),
       });
-      this.bodies.put(msgId, Buffer.from(input.body.buffer, input.body.byteOffset, input.body.byteLength));
+      if (input.bodies) input.bodies.forEach((b, i) => this.bodies.put([msgId, i], Buffer.from(b.buffer, b.byteOffset, b.byteLength)));
+      else this.bodies.put(msgId, Buffer.from(input.body.buffer, input.body.byteOffset, input.body.byteLength));
       for (const job of jobs) {
         const queue = queueName(job.tenant, campaign, job.domain);
         for (const r of job.rcpts)
@@ -241,6 +249,11 @@ export class Spool {
 
   body(msgId: string): Buffer | undefined {
     return this.bodies.getBinary(msgId) ?? undefined;
+  }
+
+  /** Recipient `i`'s own copy of a personalised message (see `body()` for the others). */
+  personalBody(msgId: string, i: number): Buffer | undefined {
+    return this.bodies.getBinary([msgId, i]) ?? undefined;
   }
 
   message(msgId: string): MessageRecord | undefined {
@@ -319,7 +332,7 @@ export class Spool {
     const queue = queueName(job.tenant, job.campaign, job.domain);
     const again: JobRecipient[] = [];
     const untried: JobRecipient[] = [];
-    let finals = 0;
+    const finals: number[] = [];
     let decision: ReturnType<typeof nextAttempt> | null = null;
     for (const r of job.rcpts) {
       const o = byIndex.get(r.i);
@@ -347,7 +360,7 @@ export class Spool {
         status = o.result;
         type = o.result;
       }
-      if (status !== 'queued') finals++;
+      if (status !== 'queued') finals.push(r.i);
       // a recipient that ran out of time is a soft bounce of its own kind, whatever the last reply said
       const category = status === 'expired' ? 'expired' : o.result === 'delivered' ? undefined : o.category;
       const hard = status === 'expired' ? false : o.hard;
@@ -373,12 +386,13 @@ export class Spool {
       });
     }
     this.schedule.remove(job.key);
-    if (finals) {
+    if (finals.length) {
       const meta = this.messages.get(job.msgId);
       if (meta) {
-        meta.pending -= finals;
+        meta.pending -= finals.length;
         this.messages.put(job.msgId, meta);
-        if (meta.pending <= 0) this.bodies.remove(job.msgId);
+        if (meta.personal) for (const i of finals) this.bodies.remove([job.msgId, i]);
+        else if (meta.pending <= 0) this.bodies.remove(job.msgId);
       }
     }
     if (!again.length) return null;

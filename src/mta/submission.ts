@@ -19,6 +19,7 @@ import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessa
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy } from '../control/tenants.js';
 import type { SenderDomainPolicy } from '../control/domains.js';
+import { defaultStreamOf, trackingSettingsFor } from '../tracking/settings.js';
 
 interface SessionUser {
   username: string;
@@ -195,7 +196,25 @@ export class SubmissionListener {
     const mailArgs = mailFrom.args as Record<string, unknown> | false;
     const msgId = newMessageId();
     const tenant = user?.tenant ?? 'default';
-    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8: Boolean(mailArgs && mailArgs.SMTPUTF8), tenant, feedbackSenderId: config.bounce.feedbackSenderId });
+    // the tenant's suppression list: those recipients are dropped here, with an event each (before
+    // preparation, which makes a copy per remaining recipient when the message is tracked)
+    const recipients: string[] = [];
+    const suppressed: Array<{ to: string; reason: string; detail: string | null }> = [];
+    for (const { address } of session.envelope.rcptTo) {
+      const entry = this.deps.suppressions.get(tenant, address);
+      if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
+      else recipients.push(address);
+    }
+    const prepared = await preparer.prepare({
+      raw,
+      hostname: config.hostname,
+      id: msgId,
+      utf8: Boolean(mailArgs && mailArgs.SMTPUTF8),
+      tenant,
+      feedbackSenderId: config.bounce.feedbackSenderId,
+      stream: defaultStreamOf(config, tenant),
+      tracking: trackingSettingsFor(config, tenant, recipients),
+    });
     if (!prepared.ok) {
       metrics.smtpRejections.inc({ reason: 'bad_content' });
       log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
@@ -205,14 +224,6 @@ export class SubmissionListener {
     if (domainRefusal) {
       metrics.smtpRejections.inc({ reason: 'unverified_domain' });
       throw smtpError(domainRefusal.smtp.code, domainRefusal.smtp.status, domainRefusal.smtp.text);
-    }
-    // the tenant's suppression list: those recipients are dropped here, with an event each
-    const recipients: string[] = [];
-    const suppressed: Array<{ to: string; reason: string; detail: string | null }> = [];
-    for (const { address } of session.envelope.rcptTo) {
-      const entry = this.deps.suppressions.get(tenant, address);
-      if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
-      else recipients.push(address);
     }
     // the quota counts what is accepted; a refusal here is temporary (4xx): the client may try tomorrow
     if (this.deps.sending && !(await this.deps.sending.take(tenant, recipients.length)))
@@ -228,6 +239,7 @@ export class SubmissionListener {
         recipients,
         suppressed,
         body: prepared.message,
+        bodies: prepared.personal,
         messageId: prepared.messageId,
         listener: 'submission',
         client: normalizeAddress(session.remoteAddress),
