@@ -33,6 +33,7 @@ import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 import { WebhookDelivery } from './events/webhooks.js';
 import { EventStreams } from './events/stream.js';
 import { TRACKING_HITS, startTracking, type Tracking } from './tracking/index.js';
+import { setTenantLookup } from './tracking/settings.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -124,6 +125,11 @@ export class TernNode {
     const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext, tenants: controlPlane.tenants });
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
+    // tracking settings of tenants made through the API (the file's own are read from config.tenants)
+    setTenantLookup(config, (id) => {
+      const t = controlPlane.tenants.get(id);
+      return t && t.managed_by === 'api' ? { tracking: t.tracking, bounce_domain: t.bounce_domain } : undefined;
+    });
     const tracking = config.tracking.baseUrl ? startTracking(config, store, bounces.suppressions, log, metrics.registry) : null;
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers, tracking?.keys);
     // the keys of tenants' verified sending domains, now and whenever a domain's status changes
@@ -135,7 +141,7 @@ export class TernNode {
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
     const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
-    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics, isBounceDomain: (d) => controlPlane.domains.isBounceDomain(d) || controlPlane.tenants.isBounceDomain(d) });
+    const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics, isBounceDomain: (d) => controlPlane.domains.isBounceDomain(d) || controlPlane.tenants.isBounceDomain(d), unsubscribe: tracking ? { tokens: tracking.tokens, events: tracking.events } : null });
     let nodeRef: TernNode | null = null;
     const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
     const control = await buildControlServer({
@@ -182,6 +188,12 @@ export class TernNode {
     node.webhooks = webhooks;
     node.tracking = tracking;
     nodeRef = node;
+    // webhooks may name a tenant made through the API (the config check cannot know them): say so when none exists
+    config.webhooks.endpoints.forEach((e, i) => {
+      if (e.tenant === '*' || config.tenants[e.tenant] || controlPlane.tenants.get(e.tenant)) return;
+      const why = controlPlane.tenants.taken(e.tenant) ? 'was deleted' : 'does not exist (neither under tenants nor made through the control API)';
+      log.warn({ endpoint: e.id, tenant: e.tenant }, `webhooks[${i}].tenant: tenant "${e.tenant}" ${why}; the endpoint gets only events of a tenant of that id`);
+    });
     try {
       await webhooks.start();
       scheduler.start();

@@ -24,7 +24,7 @@ export class Metrics {
   });
   readonly queueDepth = new Gauge({ name: 'tern_queue_recipients', help: 'recipients waiting, by tier', labelNames: ['tier'], registers: [this.registry] });
   readonly warmupPostponed = new Counter({ name: 'tern_warmup_postponed_recipients_total', help: 'recipients held for the next day because no source of their pool had warmup room', registers: [this.registry] });
-  readonly inboundReports = new Counter({ name: 'tern_inbound_reports_total', help: 'messages ingested by the inbound listener, by report kind (dsn, arf, autoreply, unknown) and result (attributed, unattributed, unknown)', labelNames: ['kind', 'result'], registers: [this.registry] });
+  readonly inboundReports = new Counter({ name: 'tern_inbound_reports_total', help: 'messages ingested by the inbound listener, by report kind (dsn, arf, autoreply, unknown; unsubscribe for List-Unsubscribe mailto requests) and result (attributed, unattributed, unknown)', labelNames: ['kind', 'result'], registers: [this.registry] });
   readonly inboundRefusals = new Counter({ name: 'tern_inbound_refusals_total', help: 'commands or messages the inbound listener refused, by reason', labelNames: ['reason'], registers: [this.registry] });
   readonly verpRejected = new Counter({ name: 'tern_verp_rejected_total', help: 'VERP addresses or X-Tern-Ref values that looked like ours and did not verify, by where they were (rcpt, report) and why (forged, malformed)', labelNames: ['where', 'reason'], registers: [this.registry] });
   readonly inboundReportSeconds = new Histogram({

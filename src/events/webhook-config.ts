@@ -1,10 +1,11 @@
 /**
  * The `webhooks` and `webhook_delivery` config keys, checked beyond their schema: known event types, a
- * defined tenant, a URL that can be delivered to (https unless the operator allowed the network; an IP
+ * tenant of the file or a well-formed tenant id (one made through the control API), a URL that can be delivered to (https unless the operator allowed the network; an IP
  * literal in a private range refused at once), unique ids.
  */
 import crypto from 'node:crypto';
 import { parseCidr, type Cidr } from '../core/net.js';
+import { isTenantId } from '../control/validate.js';
 import { parseDuration } from '../core/units.js';
 import { AddressPolicy, REFUSAL_ADVICE, literalAddress } from './address-policy.js';
 import { ALL_TENANTS, filterOf, subscriptionProblems, type EventFilter } from './types.js';
@@ -74,8 +75,10 @@ export function resolveWebhooks(
   const endpoints: WebhookEndpointConfig[] = [];
   hooks.forEach((h, i) => {
     const at = `webhooks[${i}]`;
-    if (h.tenant !== ALL_TENANTS && !ctx.tenants.includes(h.tenant))
-      problems.push(`${at}.tenant: tenant "${h.tenant}" is not defined under tenants (or write "*" for an operator's endpoint that gets every tenant's events)`);
+    // a tenant of the file, or the id of one made through the control API (which the file cannot know: the node
+    // warns at start when no such tenant exists); the endpoint gets the events whose tenant field is this id
+    if (h.tenant !== ALL_TENANTS && !ctx.tenants.includes(h.tenant) && !isTenantId(h.tenant))
+      problems.push(`${at}.tenant: "${h.tenant}" is neither a tenant defined under tenants nor a tenant id (1 to 63 lower-case letters, digits, "-" or "_", as the control API makes them); write "*" for an operator's endpoint that gets every tenant's events`);
     for (const p of subscriptionProblems(h.events, h.tenant)) problems.push(`${at}.events[${p.index}]: ${p.message}`);
     const url = urlProblem(h.url, policy, allowNetworks.length > 0);
     if (typeof url === 'string') problems.push(`${at}.url: ${url}`);

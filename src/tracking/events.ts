@@ -135,15 +135,17 @@ export class TrackingEvents {
   /**
    * Suppresses the token's recipient for its tenant and records `unsubscribed`; resolves once both are
    * fsynced. Returns false when the address was already suppressed (the event is recorded all the same).
+   * `method`: `one-click` and `page` from the tracking listener, `mailto` from the inbound listener (a message
+   * to List-Unsubscribe's mailto address; no user agent, `ip` is the sending MTA's, `mail_from` its sender).
    */
-  async unsubscribe(t: DecodedToken, meta: { method: 'one-click' | 'page'; userAgent: string; ip: string; at?: number }): Promise<boolean> {
+  async unsubscribe(t: DecodedToken, meta: { method: 'one-click' | 'page' | 'mailto'; userAgent: string | null; ip: string; mailFrom?: string | null; at?: number }): Promise<boolean> {
     const at = meta.at ?? Date.now();
     const added = await this.store.transact((tx) => {
       const key: StateKey = [t.msgId, t.rcptIndex, 'unsubscribe', 0, 0];
       const prev = this.state.get(key);
       this.state.put(key, { first: prev?.first ?? at, last: at, count: (prev?.count ?? 0) + 1 });
       const suppressed = this.suppressions.addIn(tx, t.tenant, t.rcpt, { reason: 'unsubscribe', detail: t.campaign === '-' ? null : t.campaign, queue_id: t.msgId, at });
-      tx.event('unsubscribed', { at, tenant: t.tenant, campaign: t.campaign, queue_id: t.msgId, rcpt: t.rcpt, method: meta.method, unique: !prev, user_agent: meta.userAgent, ip: meta.ip });
+      tx.event('unsubscribed', { at, tenant: t.tenant, campaign: t.campaign, queue_id: t.msgId, rcpt: t.rcpt, method: meta.method, unique: !prev, user_agent: meta.userAgent, ip: meta.ip, ...(meta.method === 'mailto' ? { mail_from: meta.mailFrom ?? '' } : {}) });
       return suppressed;
     });
     await this.store.durable();

@@ -1,6 +1,41 @@
-/** What the config says about tracking for one tenant's message: the input of the preparation step. */
+/**
+ * What the config (and the tenant directory) says about tracking for one tenant's message: the input of the
+ * preparation step.
+ *
+ * Tenants of the config file are read from `config.tenants`. Tenants made through the control API are not in
+ * it: the node registers a lookup into its tenant directory with `setTenantLookup()` (kept per config object,
+ * so that every caller of these functions, SMTP submission or HTTP sending, sees it without another argument).
+ * The config file's own tenants are always decided by the file; the lookup is asked only about the others.
+ */
 import type { Config } from '../core/config.js';
 import type { TrackingSettings } from './personalise.js';
+
+/** What a tenant made through the API says about its mail (TenantDirectory's record). */
+export interface TenantTracking {
+  /** open and click tracking */
+  tracking: boolean;
+  /** the tenant's own bounce domain (its VERP and mailto addresses), null: bounce.domain */
+  bounce_domain: string | null;
+  /** false: no List-Unsubscribe on transactional mail; default true */
+  list_unsubscribe?: boolean;
+  /** the stream of mail that does not say; default marketing */
+  stream?: 'marketing' | 'transactional';
+}
+
+export type TenantTrackingLookup = (tenant: string) => TenantTracking | undefined;
+
+const lookups = new WeakMap<Config, TenantTrackingLookup>();
+
+/** Makes the settings of tenants the config file does not name come from `lookup` (the node's tenant directory). */
+export function setTenantLookup(config: Config, lookup: TenantTrackingLookup | null): void {
+  if (lookup) lookups.set(config, lookup);
+  else lookups.delete(config);
+}
+
+/** The file's tenant as TenantTracking, else the looked-up one, else undefined (defaults apply). */
+function tenantOf(config: Config, tenant: string): Partial<TenantTracking> | undefined {
+  return config.tenants[tenant] ?? lookups.get(config)?.(tenant);
+}
 
 /**
  * The tracking settings of a message of `tenant` to `recipients` (in spool order); null when the node has no
@@ -9,7 +44,7 @@ import type { TrackingSettings } from './personalise.js';
 export function trackingSettingsFor(config: Config, tenant: string, recipients: string[]): TrackingSettings | null {
   const baseUrl = config.tracking.baseUrl;
   if (!baseUrl) return null;
-  const t = config.tenants[tenant];
+  const t = tenantOf(config, tenant);
   return {
     baseUrl,
     track: t?.tracking ?? config.tracking.enabled,
@@ -22,5 +57,5 @@ export function trackingSettingsFor(config: Config, tenant: string, recipients: 
 
 /** A tenant's mail is marketing unless the tenant says it sends transactional mail. */
 export function defaultStreamOf(config: Config, tenant: string): 'marketing' | 'transactional' {
-  return config.tenants[tenant]?.stream ?? 'marketing';
+  return tenantOf(config, tenant)?.stream ?? 'marketing';
 }

@@ -43,7 +43,7 @@ describe('webhooks config', () => {
     [{ webhooks: [hook({ events: ['warmup_advanced'] })] }, /^webhooks\[0\]\.events\[0\]: "warmup_advanced" concerns the node, not a tenant; only an endpoint with tenant "\*" gets it/],
     [{ webhooks: [hook({ events: ['*', 'delivered'] })] }, /^webhooks\[0\]\.events\[0\]: "\*" already means every event type/],
     [{ webhooks: [hook({ events: [] })] }, /^webhooks\[0\]\.events: \[\] is invalid/],
-    [{ webhooks: [hook({ tenant: 'ghost' })] }, /^webhooks\[0\]\.tenant: tenant "ghost" is not defined under tenants/],
+    [{ webhooks: [hook({ tenant: 'Not a tenant!' })] }, /^webhooks\[0\]\.tenant: "Not a tenant!" is neither a tenant defined under tenants nor a tenant id/],
     [{ webhooks: [hook({ secret: 'short' })] }, /^webhooks\[0\]\.secret: "short" is invalid: expected string length greater or equal to 16/],
     [{ webhooks: [hook({ url: 'hooks.example.com/x' })] }, /^webhooks\[0\]\.url: "hooks\.example\.com\/x" is not a URL; write it like "https:\/\/hooks\.example\.com\/tern"/],
     [{ webhooks: [hook({ url: 'ftp://hooks.example.com/x' })] }, /^webhooks\[0\]\.url: "ftp:\/\/hooks\.example\.com\/x" is not an http\(s\) URL/],
@@ -77,5 +77,9 @@ describe('webhooks config', () => {
     expect(problems({ webhooks: [hook({ url: 'http://127.0.0.1:9000/x' })], webhook_delivery: { allow_networks: ['127.0.0.0/8'] } })).toEqual([]);
     expect(problems({ webhooks: [hook({ url: 'https://[::1]:9000/x' })], webhook_delivery: { allow_networks: ['::1/128'] } })).toEqual([]);
     expect(problems({ webhooks: [hook({ tenant: '*', events: ['warmup_advanced', 'mta_sts_failure'] })] })).toEqual([]);
+  });
+
+  it('takes the id of a tenant the file does not name (one made through the control API)', () => {
+    expect(problems({ webhooks: [hook({ tenant: 'api-made_1' })] })).toEqual([]);
   });
 });
