@@ -9,6 +9,7 @@ import { Store } from '../../src/core/store.js';
 import { loadBounceRules, SHIPPED_BOUNCE_RULES_FILE } from '../../src/bounce/classify.js';
 import { ingestReport, type SpoolReader } from '../../src/bounce/ingest.js';
 import { recipientVerdict } from '../../src/bounce/inbound.js';
+import { TrackingTokens } from '../../src/tracking/tokens.js';
 import { parseReport } from '../../src/bounce/parse.js';
 import { SuppressionList } from '../../src/bounce/suppression.js';
 import { VerpCodec } from '../../src/bounce/verp.js';
@@ -182,6 +183,18 @@ describe('recipientVerdict', () => {
     const forged = new VerpCodec([Buffer.from('someone-elses-key-0123456789abcdef')]).encode(MSG, 0, DOMAIN);
     expect(recipientVerdict(forged, both, codec)).toMatchObject({ ok: false, status: '5.1.1', reason: 'bad_verp', verp: 'forged' });
     expect(recipientVerdict(`info@${DOMAIN}`, both, codec)).toEqual({ ok: true, as: 'fbl' });
+  });
+
+  it("takes List-Unsubscribe's u-<token> address only when the tracking keys verify it", () => {
+    const tokens = new TrackingTokens([Buffer.alloc(32, 5)]);
+    const good = tokens.mailto({ msgId: MSG, rcptIndex: 2, tenant: 'acme' }, DOMAIN)!;
+    expect(recipientVerdict(good, domains, codec, tokens)).toEqual({ ok: true, as: 'unsubscribe' });
+    expect(recipientVerdict(good.toUpperCase(), domains, codec, tokens)).toEqual({ ok: true, as: 'unsubscribe' });
+    const forged = new TrackingTokens([Buffer.alloc(32, 6)]).mailto({ msgId: MSG, rcptIndex: 2, tenant: 'acme' }, DOMAIN)!;
+    expect(recipientVerdict(forged, domains, codec, tokens)).toMatchObject({ ok: false, code: 550, status: '5.1.1', reason: 'bad_unsubscribe' });
+    // without tracking: no such recipient
+    expect(recipientVerdict(good, domains, codec)).toMatchObject({ ok: false, code: 550, status: '5.1.1', reason: 'unknown_recipient' });
+    expect(recipientVerdict(good.replace(DOMAIN, 'elsewhere.test'), domains, codec, tokens)).toMatchObject({ ok: false, reason: 'relay_denied' });
   });
 
   it('refuses any address outside its domains as a relay attempt (property)', () => {

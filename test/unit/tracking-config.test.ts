@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildConfig, loadConfig } from '../../src/core/config.js';
-import { trackingSettingsFor, defaultStreamOf } from '../../src/tracking/settings.js';
+import { setTenantLookup, trackingSettingsFor, defaultStreamOf } from '../../src/tracking/settings.js';
 import { ROOT } from '../support/node.js';
 
 const problems = (doc: unknown): string[] => {
@@ -49,5 +49,25 @@ describe('tracking config', () => {
     expect(trackingSettingsFor(c, 'loud', [])).toMatchObject({ track: true, unsubscribeTransactional: true, mailDomain: c.bounce.domain });
     expect(defaultStreamOf(c, 'quiet')).toBe('transactional');
     expect(defaultStreamOf(c, 'loud')).toBe('marketing');
+  });
+
+  it("asks the registered lookup about tenants the file does not name (the control API's), never about the file's", () => {
+    const c = buildConfig({ tracking: { enabled: true, base_url: 'https://t.example.com' }, tenants: { filed: { tracking: false } } });
+    const asked: string[] = [];
+    setTenantLookup(c, (id) => {
+      asked.push(id);
+      return id === 'api-on' ? { tracking: true, bounce_domain: 'bounces.api.example' } : id === 'api-off' ? { tracking: false, bounce_domain: null, stream: 'transactional' } : undefined;
+    });
+    expect(trackingSettingsFor(c, 'api-on', [])).toMatchObject({ track: true, mailDomain: 'bounces.api.example' });
+    expect(trackingSettingsFor(c, 'api-off', [])).toMatchObject({ track: false, mailDomain: c.bounce.domain });
+    expect(defaultStreamOf(c, 'api-off')).toBe('transactional');
+    expect(trackingSettingsFor(c, 'filed', [])).toMatchObject({ track: false });
+    expect(trackingSettingsFor(c, 'unknown', [])).toMatchObject({ track: true, mailDomain: c.bounce.domain });
+    expect(asked).not.toContain('filed');
+    // per config object: another config is not affected
+    const other = buildConfig({ tracking: { enabled: true, base_url: 'https://t.example.com' } });
+    expect(trackingSettingsFor(other, 'api-off', [])).toMatchObject({ track: true });
+    setTenantLookup(c, null);
+    expect(trackingSettingsFor(c, 'api-off', [])).toMatchObject({ track: true });
   });
 });
