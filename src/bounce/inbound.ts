@@ -10,7 +10,8 @@
  *   anything@<FBL domain>          (feedback loops send complaints to an address the operator registered)
  *   anything else                  550 5.7.1, at RCPT
  *
- * Every accepted message goes through ingestReport() and is answered 250 only once what it caused is fsynced.
+ * Every accepted message goes through ingestReport() (a message to u-… addresses: TrackingEvents.unsubscribe()
+ * instead) and is answered 250 only once what it caused is fsynced.
  * STARTTLS, SIZE (enforced, 552), ENHANCEDSTATUSCODES, PIPELINING, 8BITMIME, SMTPUTF8; no AUTH.
  */
 import { SMTPServer, type SMTPServerAddress, type SMTPServerSession } from 'smtp-server';
