@@ -20,6 +20,7 @@ import { Holds } from './mta/holds.js';
 import { QueueAdmin } from './mta/queue-admin.js';
 import { Spool, type FinalFailure } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
+import { Acceptance } from './mta/acceptance.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
@@ -131,13 +132,15 @@ export class TernNode {
     controlPlane.domains.onSigningKeys = (keys) => preparer.setTenantKeys(keys);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
-    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
+    // one acceptance pipeline for SMTP submission, HTTP sending and the node's account mail
+    const acceptance = new Acceptance({ config, spool, scheduler, preparer, log, metrics, suppressions: bounces.suppressions, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains, acceptance });
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
     const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
     const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics, isBounceDomain: (d) => controlPlane.domains.isBounceDomain(d) || controlPlane.tenants.isBounceDomain(d) });
     let nodeRef: TernNode | null = null;
-    const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
+    const mailer = new SystemMailer({ acceptance, log, from: controlPlane.settings.mailFrom });
     const control = await buildControlServer({
       metrics,
       adminToken: config.adminToken,
