@@ -122,7 +122,7 @@ async function build(req: SendRequest, to: Party[], content: { subject: string; 
   if (req.stream) headers['X-Tern-Stream'] = req.stream;
   if (req.tracking !== undefined) headers['X-Tern-Track'] = req.tracking ? 'on' : 'off';
   const info = await mailer.sendMail({
-    from: req.from,
+    from: { address: req.from.email, name: req.from.name ?? '' },
     to: to.map((p) => ({ address: p.email, name: p.name ?? '' })),
     replyTo: req.reply_to ? { address: req.reply_to.email, name: req.reply_to.name ?? '' } : undefined,
     subject: content.subject,

@@ -11,7 +11,7 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { isMailbox } from '../validate.js';
 import { useTypeBox } from '../api.js';
 import { allow, tenantOf } from '../auth.js';
-import { ApiError, type FieldProblem } from '../errors.js';
+import { ApiError, ErrorBody, type FieldProblem } from '../errors.js';
 import { ComposeProblem, composeMessages, headerProblem, type SendRequest } from '../compose.js';
 import type { Accepted } from '../../mta/acceptance.js';
 import { Mailbox, OneLine } from '../validate.js';
@@ -80,6 +80,13 @@ const SendAnswer = Type.Object(
 );
 type SendAnswer = Static<typeof SendAnswer>;
 
+const SEND_RESPONSES = {
+  202: SendAnswer,
+  409: { ...ErrorBody, description: 'The idempotency key was used in the last 24 hours with another request' },
+  413: { ...ErrorBody, description: 'The body is over 10 MB' },
+  422: { ...ErrorBody, description: 'No recipient is a valid address, or the message was refused (its reason says why)' },
+};
+
 /** LF-only (or mixed) line ends to CRLF; a CR not followed by LF stays, for preparation to refuse. */
 export const toCrlf = (raw: Buffer): Buffer => Buffer.from(raw.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
 
@@ -144,7 +151,7 @@ export const sendingRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) =>
     {
       onRequest: SENDERS,
       bodyLimit: SEND_BODY_LIMIT,
-      schema: { summary: 'Send a message (202 once it is durably queued; 413 past 10 MB)', body: SendBody, response: { 202: SendAnswer, 409: { description: 'The idempotency key was used with another request', type: 'object' }, 413: { description: 'Body over 10 MB', type: 'object' }, 422: { description: 'No valid recipient, or the message was refused', type: 'object' } } },
+      schema: { summary: 'Send a message (202 once it is durably queued; 413 past 10 MB)', body: SendBody, response: SEND_RESPONSES },
     },
     async (req, reply) => {
       const body = req.body;
@@ -179,7 +186,7 @@ export const sendingRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) =>
     {
       onRequest: SENDERS,
       bodyLimit: SEND_BODY_LIMIT,
-      schema: { summary: 'Send an RFC 5322 message with its envelope (202 once durably queued)', body: RawBody, response: { 202: SendAnswer, 409: { description: 'The idempotency key was used with another request', type: 'object' }, 413: { description: 'Body over 10 MB', type: 'object' }, 422: { description: 'No valid recipient, or the message was refused', type: 'object' } } },
+      schema: { summary: 'Send an RFC 5322 message with its envelope (202 once durably queued)', body: RawBody, response: SEND_RESPONSES },
     },
     async (req, reply) => {
       const body = req.body;
@@ -207,7 +214,7 @@ export function requestProblems(body: Pick<SendRequest, 'headers' | 'html' | 'te
   const out: FieldProblem[] = [];
   for (const [name, value] of Object.entries(body.headers ?? {})) {
     const problem = headerProblem(name, value);
-    if (problem) out.push({ field: `body.headers.${name.replace(/[^\x21-\x7e]/g, '?').slice(0, 80)}`, message: problem });
+    if (problem) out.push({ field: `body.headers.${name.replace(/[^\x20-\x7e]/g, '?').slice(0, 80)}`, message: problem });
   }
   if (body.html === undefined && body.text === undefined) out.push({ field: 'body.html', message: 'or body.text is required: a message needs a body' });
   for (const f of ['html', 'text'] as const) if (body[f]?.includes('\u0000')) out.push({ field: `body.${f}`, message: 'has a NUL character; NUL is not allowed in mail' });
