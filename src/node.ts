@@ -20,6 +20,9 @@ import { Holds } from './mta/holds.js';
 import { QueueAdmin } from './mta/queue-admin.js';
 import { Spool, type FinalFailure } from './mta/spool.js';
 import { SubmissionListener } from './mta/submission.js';
+import { Acceptance } from './mta/acceptance.js';
+import { IdempotencyKeys } from './control/idempotency.js';
+import { SendingStats } from './events/stats.js';
 import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
@@ -79,6 +82,8 @@ export class TernNode {
 
   shaping!: Shaping;
   webhooks!: WebhookDelivery;
+  stats?: SendingStats;
+  idempotency?: IdempotencyKeys;
 
   /** Re-reads the shaping file and applies it; on an invalid file the rules in force stay. */
   reloadShaping(): { ok: true; file: string } | { ok: false; problems: string[] } {
@@ -137,13 +142,17 @@ export class TernNode {
     controlPlane.domains.onSigningKeys = (keys) => preparer.setTenantKeys(keys);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
-    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
+    // one acceptance pipeline for SMTP submission, HTTP sending and the node's account mail
+    const acceptance = new Acceptance({ config, spool, scheduler, preparer, log, metrics, suppressions: bounces.suppressions, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
+    const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains, acceptance });
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's
     const inboundTls = config.inbound.tls ? await tlsMaterial(config.dataDir, config.hostname, config.inbound.tls) : tls;
     const inbound = new InboundListener({ config, store, spool, rules: bounces.rules, verp: bounces.verp, suppressions: bounces.suppressions, tls: inboundTls, log, metrics, isBounceDomain: (d) => controlPlane.domains.isBounceDomain(d) || controlPlane.tenants.isBounceDomain(d), unsubscribe: tracking ? { tokens: tracking.tokens, events: tracking.events } : null });
     let nodeRef: TernNode | null = null;
-    const mailer = new SystemMailer({ config, spool, scheduler, preparer, suppressions: bounces.suppressions, log, from: controlPlane.settings.mailFrom });
+    const idempotency = new IdempotencyKeys(store);
+    const stats = new SendingStats(store, log);
+    const mailer = new SystemMailer({ acceptance, log, from: controlPlane.settings.mailFrom });
     const control = await buildControlServer({
       metrics,
       adminToken: config.adminToken,
@@ -152,7 +161,7 @@ export class TernNode {
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
       queues: queueAdmin,
-      api: { plane: controlPlane, suppressions: bounces.suppressions, queues: queueAdmin, store, mailer, adminToken: config.adminToken },
+      api: { plane: controlPlane, suppressions: bounces.suppressions, queues: queueAdmin, store, mailer, adminToken: config.adminToken, http: { acceptance, idempotency, stats, hostname: config.hostname } },
       events: { webhooks, streams: new EventStreams({ store, node: config.hostname }) },
       health: () => {
         const snap = scheduler.snapshot();
@@ -186,6 +195,8 @@ export class TernNode {
     const node = new TernNode(config, log, metrics, store, spool, scheduler, warmup, preparer, submission, inbound, control, controlPlane, resolver, queueAdmin, mtaSts, bounces);
     node.shaping = shaping;
     node.webhooks = webhooks;
+    node.stats = stats;
+    node.idempotency = idempotency;
     node.tracking = tracking;
     nodeRef = node;
     // webhooks may name a tenant made through the API (the config check cannot know them): say so when none exists
@@ -196,6 +207,7 @@ export class TernNode {
     });
     try {
       await webhooks.start();
+      stats.start();
       scheduler.start();
       await queueAdmin.start();
       controlPlane.start();
@@ -219,6 +231,7 @@ export class TernNode {
         const events = await store.pruneEvents(before);
         const messages = await spool.pruneFinished(before);
         await tracking?.events.prune(Date.now() - config.tracking.retentionMs);
+        await idempotency.prune();
         if (events || messages) log.info({ events, messages }, 'retention: pruned old records');
       }),
       // the warmup day also rolls when mail is bound to a source; this covers quiet nodes
@@ -239,6 +252,7 @@ export class TernNode {
     await this.inbound.close().catch(() => {});
     await this.control.close().catch(() => {});
     await this.webhooks.stop();
+    await this.stats?.stop();
     await this.tracking?.close().catch(() => {});
     this.queueAdmin.stop();
     this.controlPlane.stop();

@@ -55,6 +55,8 @@ beforeAll(async () => {
   A.inviteId = (await call('POST', '/api/v1/invitations', { token: A.key, body: { email: 'pending@alpha-people.tern.test', role: 'viewer' } })).body.id;
   A.messageId = await sendAs(node.ports.submission, { user: A.credUser, pass: A.credPass }, 'someone@alpha-rcpt.tern.test', { from: 'news@alpha-sender.tern.test' });
   await sink.waitFor(() => sink.messages.some((m) => m.to.includes('someone@alpha-rcpt.tern.test')), 15_000);
+  const viaHttp = { from: { email: 'news@alpha-sender.tern.test' }, to: [{ email: 'http@alpha-rcpt.tern.test' }], subject: 'a', text: 'a', idempotency_key: 'alpha-key' };
+  expect((await call('POST', '/api/v1/messages', { token: A.key, body: viaHttp })).status).toBe(202);
 
   await userOf(bKey, 'bob@beta-people.tern.test', 'beta password 1');
   const login = await call('POST', '/api/v1/auth/login', { body: { email: 'bob@beta-people.tern.test', password: 'beta password 1' } });
@@ -93,6 +95,10 @@ const REQUESTS: Record<string, { params?: () => Record<string, string>; query?: 
   // naming A's tenant: refused before any stream opens (B's own stream would never end)
   'GET /api/v1/events/stream': { query: '?tenant=alpha' },
   'GET /api/v1/messages/:id': { params: () => ({ id: A.messageId }) },
+  // B sends as itself: its own answer, nothing of A's (A's idempotency key names nothing B can reach)
+  'POST /api/v1/messages': { body: { from: { email: 'app@beta-sender.tern.test' }, to: [{ email: 'b-rcpt@beta-people.tern.test' }], subject: 'b', text: 'b', idempotency_key: 'alpha-key' } },
+  'POST /api/v1/messages/raw': { body: { mail_from: 'app@beta-sender.tern.test', rcpt_to: ['b-rcpt@beta-people.tern.test'], message: 'From: app@beta-sender.tern.test\nSubject: b\n\nb\n' } },
+  'GET /api/v1/stats': {},
   'GET /api/v1/users': {},
   'PATCH /api/v1/users/:id': { params: () => ({ id: A.userId }), body: { role: 'viewer' } },
   'DELETE /api/v1/users/:id': { params: () => ({ id: A.userId }) },

@@ -160,9 +160,27 @@ describe("the newcomer's journey", () => {
     expect(types).toEqual(['accepted', 'delivered']);
   });
 
-  // HTTP sending (POST /api/v1/messages) is built in parallel: the journey's HTTP half goes here, From the
-  // verified domain, with the same refusal for an unverified one (SendingDomains.refusal → its http answer).
-  it.todo('sends the same through HTTP with an API key, and an unverified From domain is refused with 403 domain_not_verified');
+  it('sends the same through HTTP with an API key, and an unverified From domain is refused with 403 domain_not_verified', async () => {
+    const before = node.store.lastSeq;
+    const refused = await as('POST', '/api/v1/messages', { from: { email: 'news@elsewhere.example' }, to: [{ email: 'web@sink.tern.test' }], subject: 'x', text: 'x' });
+    expect(refused.status).toBe(403);
+    expect(refused.body.error).toMatchObject({ code: 'domain_not_verified', message: expect.stringMatching(/Sending From elsewhere\.example is refused/) });
+    expect(node.store.events(before).filter((e) => e.type === 'accepted')).toEqual([]);
+
+    const sent = await as('POST', '/api/v1/messages', { from: { email: `news@${DOMAIN}`, name: 'Shop' }, to: [{ email: 'web@sink.tern.test', substitutions: { first_name: 'Wen' } }], subject: 'Your order, {{ first_name }}', html: '<p>Thanks, {{ first_name }}!</p>' });
+    expect(sent.status).toBe(202);
+    expect(sent.body.recipients).toEqual([{ email: 'web@sink.tern.test', status: 'queued', index: 0 }]);
+    await sink.waitFor(() => sink.messages.some((m) => m.to.includes('web@sink.tern.test')), 15_000);
+    const msg = sink.messages.find((m) => m.to.includes('web@sink.tern.test'))!;
+    expect(msg.from).toMatch(new RegExp(`^b-[a-z0-9]+@bounces\\.${DOMAIN.replace(/\./g, '\\.')}$`));
+    expect(msg.data!.toString()).toMatch(/^Subject: Your order, Wen\r$/m);
+    expect(msg.data!.toString()).toContain('Thanks, Wen!');
+    const resolver = new dns.promises.Resolver();
+    resolver.setServers([dnsServer.address]);
+    const verified = await dkimVerify(msg.data!, { resolver: (name: string, rr: string) => resolver.resolve(name, rr as 'TXT') });
+    const ym = new Date().toISOString().slice(0, 7).replace('-', '');
+    expect(verified.results.map((r: { selector?: string; signingDomain?: string; status: { result: string } }) => `${r.signingDomain}/${r.selector}:${r.status.result}`).sort()).toEqual([`${DOMAIN}/t${ym}e:pass`, `${DOMAIN}/t${ym}r:pass`]);
+  });
 });
 
 describe('each record, when wrong, gives its own failure and sentence', () => {

@@ -20,6 +20,9 @@ import type { QueueAdmin } from '../mta/queue-admin.js';
 import { accessOf, allow, allowAnyone, Authenticator, isTenantScoped, rateKey, TENANT_HEADER, type RouteAccess } from './auth.js';
 import { ApiError, ErrorBody, errorHandler, notFoundHandler, type FieldProblem } from './errors.js';
 import type { Mailer } from './mailer.js';
+import type { IdempotencyKeys } from './idempotency.js';
+import type { Acceptance } from '../mta/acceptance.js';
+import type { SendingStats } from '../events/stats.js';
 import type { ControlPlane } from './plane.js';
 import { FORMAT_HINTS, TENANT_ID_PATTERN } from './validate.js';
 
@@ -30,6 +33,8 @@ export interface ControlApiDeps {
   store: Store;
   mailer: Mailer;
   adminToken: string | null;
+  /** HTTP sending and its statistics */
+  http: { acceptance: Acceptance; idempotency: IdempotencyKeys; stats: SendingStats; hostname: string };
 }
 
 export interface RouteEntry {

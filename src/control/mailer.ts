@@ -1,14 +1,10 @@
 /**
  * Mail the node sends about accounts (password resets, invitations), through Tern itself: the message goes
- * through the same preparation (headers, DKIM for the From domain), suppression check and fsynced spool as
- * a tenant's, for the node's own `default` tenant, campaign `tern-account`, stream transactional.
+ * through the same acceptance pipeline (src/mta/acceptance.ts: suppression, preparation, DKIM for the From
+ * domain, sender-domain check, fsynced spool) as a tenant's, for the node's own `default` tenant, campaign `tern-account`, stream transactional.
  */
-import type { Config } from '../core/config.js';
 import type { Logger } from '../core/log.js';
-import type { Preparer } from '../mta/prepare-pool.js';
-import type { Scheduler } from '../mta/queues.js';
-import { newMessageId, type Spool } from '../mta/spool.js';
-import type { SuppressionList } from '../bounce/suppression.js';
+import type { Acceptance } from '../mta/acceptance.js';
 import { isHeaderSafe, isMailbox } from './validate.js';
 
 export interface SystemMail {
@@ -49,32 +45,20 @@ export function composeSystemMail(mail: SystemMail, from: string): Buffer {
 }
 
 export class SystemMailer implements Mailer {
-  constructor(private readonly deps: { config: Config; spool: Spool; scheduler: Scheduler; preparer: Preparer; suppressions: SuppressionList; log: Logger; from: string }) {}
+  constructor(private readonly deps: { acceptance: Acceptance; log: Logger; from: string }) {}
 
   async send(mail: SystemMail): Promise<string | null> {
-    const { config, spool, scheduler, preparer, suppressions, log, from } = this.deps;
-    const msgId = newMessageId();
-    const utf8 = /[^\x00-\x7f]/.test(mail.to);
+    const { acceptance, log, from } = this.deps;
     // a buffer of its own (not a slice of Node's shared pool) so it can be moved to a worker thread
     const composed = composeSystemMail(mail, from);
     const raw = Buffer.allocUnsafeSlow(composed.length);
     composed.copy(raw);
-    const prepared = await preparer.prepare({ raw, hostname: config.hostname, id: msgId, utf8, tenant: SYSTEM_TENANT, feedbackSenderId: config.bounce.feedbackSenderId });
-    if (!prepared.ok) throw new Error(`system mail refused by preparation: ${prepared.reason}`);
-    const entry = suppressions.get(SYSTEM_TENANT, mail.to);
-    const stored = await spool.accept({
-      msgId,
-      tenant: SYSTEM_TENANT,
-      campaign: prepared.campaign,
-      sender: from,
-      recipients: entry ? [] : [mail.to],
-      suppressed: entry ? [{ to: mail.to, reason: entry.reason, detail: entry.detail }] : [],
-      body: prepared.message,
-      messageId: prepared.messageId,
-      listener: 'control',
-    });
-    scheduler.enqueue(stored.jobs);
-    log.info({ queue_id: stored.msgId, subject: mail.subject, suppressed: Boolean(entry) }, 'system mail queued');
-    return entry ? null : stored.msgId;
+    // account mail is never tracked (its links carry tokens of their own) and the default tenant's quota does
+    // not hold it back: a password reset must go out
+    const result = await acceptance.accept({ tenant: SYSTEM_TENANT, sender: from, recipients: [mail.to], raw, utf8: /[^\x00-\x7f]/.test(mail.to), listener: 'control', tracking: false, quota: false });
+    if (!result.ok) throw new Error(`system mail refused at ${result.step}: ${'reason' in result ? result.reason : result.refusal.smtp.text}`);
+    const suppressed = result.recipients[0]!.status === 'suppressed';
+    log.info({ queue_id: result.queueId, subject: mail.subject, suppressed }, 'system mail queued');
+    return suppressed ? null : result.queueId;
   }
 }

@@ -11,7 +11,9 @@ import { apiKeyRoutes } from './routes/api-keys.js';
 import { domainRoutes } from './routes/domains.js';
 import { eventRoutes } from './routes/events.js';
 import { messageRoutes } from './routes/messages.js';
+import { sendingRoutes } from './routes/sending.js';
 import { sessionRoutes } from './routes/session.js';
+import { statsRoutes } from './routes/stats.js';
 import { smtpCredentialRoutes } from './routes/smtp-credentials.js';
 import { suppressionRoutes } from './routes/suppressions.js';
 import { tenantRoutes } from './routes/tenants.js';
@@ -85,6 +87,8 @@ export async function buildControlServer(deps: ControlDeps): Promise<FastifyInst
   app.register(domainRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(eventRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(messageRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(sendingRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(statsRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(userRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(sessionRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(auditRoutes, { prefix: '/api/v1', ...deps.api });

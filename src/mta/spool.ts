@@ -133,6 +133,9 @@ export interface AcceptInput {
   user?: string;
   /** recipients dropped at acceptance because the tenant's suppression list holds them (not spooled) */
   suppressed?: Array<{ to: string; reason: string; detail: string | null }>;
+  /** the HTTP call's tags and metadata, carried by the accepted event */
+  tags?: string[];
+  metadata?: Record<string, string>;
 }
 
 export const jobKeyString = (k: ScheduleKey) => `${k[0]}|${k[1]}|${k[2]}|${k[3]}`;
@@ -217,6 +220,8 @@ export class Spool {
         listener: input.listener,
         client: input.client,
         user: input.user,
+        ...(input.tags?.length ? { tags: input.tags } : {}),
+        ...(input.metadata && Object.keys(input.metadata).length ? { metadata: input.metadata } : {}),
       });
       for (const s of input.suppressed ?? [])
         tx.event('suppressed', { at: now, queue_id: msgId, tenant: input.tenant, campaign, rcpt: s.to, reason: s.reason, detail: s.detail });

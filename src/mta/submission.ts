@@ -11,15 +11,15 @@ import type { Metrics } from '../core/metrics.js';
 import type { TlsMaterial } from '../core/tls.js';
 import { NetworkList, isLoopback, normalizeAddress } from '../core/net.js';
 import { isValidAddress } from './address.js';
+import { Acceptance } from './acceptance.js';
 import type { Preparer } from './prepare-pool.js';
 import type { Scheduler } from './queues.js';
-import { newMessageId, type Spool } from './spool.js';
+import type { Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
 import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessage } from './reception.js';
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy } from '../control/tenants.js';
 import type { SenderDomainPolicy } from '../control/domains.js';
-import { defaultStreamOf, trackingSettingsFor } from '../tracking/settings.js';
 
 interface SessionUser {
   username: string;
@@ -41,6 +41,8 @@ interface SubmissionDeps {
   sending?: SendingPolicy;
   /** refuses From domains the tenant has not verified */
   senderDomains?: SenderDomainPolicy;
+  /** the node's acceptance pipeline (made from the deps above when absent) */
+  acceptance?: Acceptance;
 }
 
 const AUTH_FAILURE_LIMIT = 10;
@@ -59,11 +61,13 @@ export class SubmissionListener {
   private readonly authFailures = new Map<string, { count: number; since: number }>();
   private readonly trusted: NetworkList;
   private readonly users: Map<string, { password: Buffer; tenant: string }>;
+  private readonly acceptance: Acceptance;
 
   constructor(private readonly deps: SubmissionDeps) {
     const { config, tls } = deps;
     const sub = config.submission;
     this.trusted = new NetworkList(config.trustedNetworks);
+    this.acceptance = deps.acceptance ?? new Acceptance(deps);
     this.perIp = new SessionsPerAddress(sub.max_connections_per_ip);
     this.users = new Map(config.smtpUsers.map((u) => [u.username, { password: digest(u.password), tenant: u.tenant }]));
     this.server = new SMTPServer({
@@ -190,70 +194,34 @@ export class SubmissionListener {
   }
 
   private async accept(raw: Buffer, session: SMTPServerSession): Promise<string> {
-    const { spool, scheduler, preparer, config, log, metrics } = this.deps;
+    const { metrics, log } = this.deps;
     const user = session.user as unknown as SessionUser | undefined;
     const mailFrom = session.envelope.mailFrom as SMTPServerAddress;
     const mailArgs = mailFrom.args as Record<string, unknown> | false;
-    const msgId = newMessageId();
-    const tenant = user?.tenant ?? 'default';
-    // the tenant's suppression list: those recipients are dropped here, with an event each (before
-    // preparation, which makes a copy per remaining recipient when the message is tracked)
-    const recipients: string[] = [];
-    const suppressed: Array<{ to: string; reason: string; detail: string | null }> = [];
-    for (const { address } of session.envelope.rcptTo) {
-      const entry = this.deps.suppressions.get(tenant, address);
-      if (entry) suppressed.push({ to: address, reason: entry.reason, detail: entry.detail });
-      else recipients.push(address);
-    }
-    const prepared = await preparer.prepare({
+    const client = normalizeAddress(session.remoteAddress);
+    const result = await this.acceptance.accept({
+      tenant: user?.tenant ?? 'default',
+      sender: mailFrom.address,
+      recipients: session.envelope.rcptTo.map((r) => r.address),
       raw,
-      hostname: config.hostname,
-      id: msgId,
       utf8: Boolean(mailArgs && mailArgs.SMTPUTF8),
-      tenant,
-      feedbackSenderId: config.bounce.feedbackSenderId,
-      stream: defaultStreamOf(config, tenant),
-      tracking: trackingSettingsFor(config, tenant, recipients),
+      listener: 'submission',
+      client,
+      user: user?.username,
     });
-    if (!prepared.ok) {
-      metrics.smtpRejections.inc({ reason: 'bad_content' });
-      log.info({ ip: normalizeAddress(session.remoteAddress), reason: prepared.reason, listener: 'submission' }, 'message refused');
-      throw smtpError(prepared.code, prepared.status, prepared.reason);
+    if (result.ok) return `2.0.0 Ok: queued as ${result.queueId}`;
+    switch (result.step) {
+      case 'content':
+        metrics.smtpRejections.inc({ reason: 'bad_content' });
+        log.info({ ip: client, reason: result.reason, listener: 'submission' }, 'message refused');
+        throw smtpError(result.code, result.status, result.reason);
+      case 'sender_domain':
+        metrics.smtpRejections.inc({ reason: 'unverified_domain' });
+        throw smtpError(result.refusal.smtp.code, result.refusal.smtp.status, result.refusal.smtp.text);
+      case 'quota':
+        throw smtpError(result.refusal.smtp.code, result.refusal.smtp.status, result.refusal.smtp.text);
+      case 'spool':
+        throw smtpError(451, '4.3.0', result.reason);
     }
-    const domainRefusal = this.deps.senderDomains?.refusal(tenant, prepared.fromDomain);
-    if (domainRefusal) {
-      metrics.smtpRejections.inc({ reason: 'unverified_domain' });
-      throw smtpError(domainRefusal.smtp.code, domainRefusal.smtp.status, domainRefusal.smtp.text);
-    }
-    // the quota counts what is accepted; a refusal here is temporary (4xx): the client may try tomorrow
-    if (this.deps.sending && !(await this.deps.sending.take(tenant, recipients.length)))
-      throw smtpError(451, '4.7.1', `Daily sending quota reached; it resets at 00:00 UTC`);
-    const started = performance.now();
-    let stored;
-    try {
-      stored = await spool.accept({
-        msgId,
-        tenant,
-        campaign: prepared.campaign,
-        sender: mailFrom.address,
-        recipients,
-        suppressed,
-        body: prepared.message,
-        bodies: prepared.personal,
-        messageId: prepared.messageId,
-        listener: 'submission',
-        client: normalizeAddress(session.remoteAddress),
-        user: user?.username,
-      });
-    } catch (err) {
-      log.error({ err }, 'spool write failed');
-      throw smtpError(451, '4.3.0', 'Could not store the message; try again later');
-    }
-    metrics.spoolCommitSeconds.observe((performance.now() - started) / 1000);
-    metrics.messagesAccepted.inc({ listener: 'submission' });
-    metrics.recipientsAccepted.inc(recipients.length);
-    if (suppressed.length) metrics.recipientsSuppressed.inc(suppressed.length);
-    scheduler.enqueue(stored.jobs);
-    return `2.0.0 Ok: queued as ${stored.msgId}`;
   }
 }
