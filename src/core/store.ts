@@ -32,7 +32,7 @@ export class Store extends EventEmitter<{ events: [TernEvent[]] }> {
   constructor(dataDir: string) {
     super();
     fs.mkdirSync(dataDir, { recursive: true });
-    this.root = open({ path: path.join(dataDir, 'tern.lmdb'), maxDbs: 32, mapSize: 64 * 1024 ** 3 });
+    this.root = open({ path: path.join(dataDir, 'tern.lmdb'), maxDbs: 64, mapSize: 64 * 1024 ** 3 });
     this.outbox = this.root.openDB({ name: 'events', sharedStructuresKey: STRUCTURES });
     // the last event's number (the shared-structures entry, a Symbol key, is not one)
     this.seq = 0;
