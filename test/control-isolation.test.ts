@@ -159,6 +159,7 @@ describe('tenant isolation', () => {
     expect((await call('GET', '/api/v1/users', { token: A.key })).body.items.map((u: { id: string; role: string }) => [u.id, u.role])).toEqual([[A.userId, 'admin']]);
     expect((await call('GET', '/api/v1/invitations', { token: A.key })).body.items.map((i: { id: string }) => i.id)).toEqual([A.inviteId]);
     expect((await call('GET', `/api/v1/messages/${A.messageId}`, { token: A.key })).status).toBe(200);
+    expect((await call('GET', `/api/v1/webhooks/${A.webhookId}`, { token: A.key })).body).toMatchObject({ id: A.webhookId, events: ['delivered'] });
     await sendAs(node.ports.submission, { user: A.credUser, pass: A.credPass }, 'again@alpha-rcpt.tern.test');
     // B's own events are B's alone
     const bEvents = await call('GET', '/api/v1/events', { token: bKey });
