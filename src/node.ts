@@ -28,6 +28,7 @@ import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
 import { ControlPlane } from './control/plane.js';
+import type { EgressPools } from './control/pools.js';
 import { SystemMailer } from './control/mailer.js';
 import { loadBounceRules, type BounceRules } from './bounce/classify.js';
 import { InboundListener } from './bounce/inbound.js';
@@ -128,6 +129,10 @@ export class TernNode {
     const holds = new Holds(store);
     spool.onFinalFailure = (tx, f) => actOnFailure(bounces.suppressions, tx, f);
     const scheduler = new Scheduler({ config, spool, resolver, log, metrics, shaping, warmup, holds, bounces: { rules: bounces.rules, verp: config.bounce.verp ? bounces.verp : null }, mtaSts: mtaSts ?? undefined, tlsContext, tenants: controlPlane.tenants });
+    // pools made through the control API: applied now and whenever one changes
+    controlPlane.pools.planNames = () => warmup.planNames();
+    controlPlane.pools.onChange = () => applyPools(controlPlane.pools, scheduler, warmup, log);
+    applyPools(controlPlane.pools, scheduler, warmup, log);
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     // tracking settings of tenants made through the API (the file's own are read from config.tenants)
@@ -206,7 +211,8 @@ export class TernNode {
       log.warn({ endpoint: e.id, tenant: e.tenant }, `webhooks[${i}].tenant: tenant "${e.tenant}" ${why}; the endpoint gets only events of a tenant of that id`);
     });
     try {
-      await webhooks.start();
+      controlPlane.webhooks.delivery = webhooks;
+      await webhooks.start(controlPlane.webhooks.enabledEndpoints());
       stats.start();
       scheduler.start();
       await queueAdmin.start();
@@ -268,6 +274,21 @@ export class TernNode {
 export function actOnFailure(suppressions: SuppressionList, tx: Tx, f: FinalFailure): void {
   if (f.action === 'suppress') suppressions.addIn(tx, f.tenant, f.rcpt, { reason: f.hard ? 'hard_bounce' : 'bounce', detail: f.category, queue_id: f.queue_id });
   else if (f.action === 'count') suppressions.softBounceIn(tx, f.tenant, f.rcpt, f.category, f.queue_id);
+}
+
+/** Gives the scheduler and the warmup calendar every pool's sources (the config's and the API's). */
+function applyPools(pools: EgressPools, scheduler: Scheduler, warmup: Warmup, log: Logger): void {
+  scheduler.setPools(pools.sourcesByPool());
+  const plans = new Set(warmup.planNames());
+  const sources: WarmupSource[] = [];
+  for (const p of pools.list())
+    for (const s of p.sources) {
+      if (!s.warmup) continue;
+      // the config's were checked at start; an API source whose plan left the warmup file sends uncapped
+      if (plans.has(s.warmup.plan)) sources.push({ name: s.name, pool: p.name, plan: s.warmup.plan, start: s.warmup.start });
+      else log.warn({ pool: p.name, source: s.name, plan: s.warmup.plan }, 'warmup: the plan of this source is not defined any more; it sends uncapped');
+    }
+  warmup.setSources(sources);
 }
 
 /** Reads the warmup plans and the sources that follow one; a plan that does not exist is named by key path. */

@@ -21,7 +21,7 @@ let call: ReturnType<typeof controlApi>;
 let routes: RouteEntry[];
 
 /** what tenant A has, by kind; every value is something B must never see */
-const A = { domain: 'alpha-sender.tern.test', key: '', keyId: '', credId: '', credUser: '', credPass: '', userId: '', inviteId: '', messageId: '', suppressed: 'kept@alpha-people.tern.test' };
+const A = { domain: 'alpha-sender.tern.test', key: '', keyId: '', credId: '', credUser: '', credPass: '', userId: '', inviteId: '', messageId: '', webhookId: '', suppressed: 'kept@alpha-people.tern.test' };
 let bKey = '';
 let bSession: { cookie: string; csrf: string } = { cookie: '', csrf: '' };
 
@@ -39,7 +39,7 @@ async function userOf(key: string, email: string, password: string): Promise<str
 
 beforeAll(async () => {
   sink = await startSink({ keep: true });
-  node = await startTestNode({ control: { admin_token: TOKEN, mail_from: 'tern@node.tern.test' }, routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: sink.port }] });
+  node = await startTestNode({ control: { admin_token: TOKEN, mail_from: 'tern@node.tern.test' }, routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: sink.port }], webhook_delivery: { allow_networks: ['127.0.0.0/8'] } });
   call = controlApi(node.ports.control);
   routes = (node as unknown as { control: FastifyInstance }).control.controlRoutes;
 
@@ -51,6 +51,7 @@ beforeAll(async () => {
   [A.credId, A.credUser, A.credPass] = [cred.body.id, cred.body.username, cred.body.password];
   await call('POST', '/api/v1/suppressions', { token: A.key, body: { address: A.suppressed, reason: 'alpha reason' } });
   expect((await call('POST', '/api/v1/domains', { token: A.key, body: { domain: A.domain } })).status).toBe(201);
+  A.webhookId = (await call('POST', '/api/v1/webhooks', { token: A.key, body: { url: 'http://127.0.0.1:9/alpha-hook', events: ['delivered'] } })).body.id;
   A.userId = await userOf(A.key, 'alice@alpha-people.tern.test', 'alpha password 1');
   A.inviteId = (await call('POST', '/api/v1/invitations', { token: A.key, body: { email: 'pending@alpha-people.tern.test', role: 'viewer' } })).body.id;
   A.messageId = await sendAs(node.ports.submission, { user: A.credUser, pass: A.credPass }, 'someone@alpha-rcpt.tern.test', { from: 'news@alpha-sender.tern.test' });
@@ -69,7 +70,7 @@ afterAll(async () => {
 });
 
 /** Strings of A's that must never appear in an answer to B. */
-const markers = () => ['alpha', A.keyId, A.credId, A.credUser, A.userId, A.inviteId, A.messageId, A.suppressed, 'alice@', 'pending@', 'alpha-rcpt', 'alpha-sender', 'alpha reason'];
+const markers = () => ['alpha', A.keyId, A.credId, A.credUser, A.userId, A.inviteId, A.messageId, A.webhookId, A.suppressed, 'alice@', 'pending@', 'alpha-rcpt', 'alpha-sender', 'alpha reason'];
 
 /**
  * How to call each tenant-scoped route against A's resources: path parameters and a valid body. A route
@@ -105,6 +106,12 @@ const REQUESTS: Record<string, { params?: () => Record<string, string>; query?: 
   'GET /api/v1/invitations': {},
   'POST /api/v1/invitations': { body: { email: 'b-invite@beta-people.tern.test', role: 'viewer' } },
   'DELETE /api/v1/invitations/:id': { params: () => ({ id: A.inviteId }) },
+  'GET /api/v1/webhooks': {},
+  'POST /api/v1/webhooks': { body: { url: 'http://127.0.0.1:9/b-own', events: ['failed'] } },
+  'GET /api/v1/webhooks/:id': { params: () => ({ id: A.webhookId }) },
+  'PATCH /api/v1/webhooks/:id': { params: () => ({ id: A.webhookId }), body: { events: ['bounced'] } },
+  'DELETE /api/v1/webhooks/:id': { params: () => ({ id: A.webhookId }) },
+  'POST /api/v1/webhooks/:id/enable': { params: () => ({ id: A.webhookId }) },
   'GET /api/v1/audit': {},
   'GET /api/v1/auth/me': {},
   'POST /api/v1/auth/password': { body: { current_password: 'not the password', new_password: 'whatever password' } },
@@ -158,6 +165,7 @@ describe('tenant isolation', () => {
     expect((await call('GET', '/api/v1/users', { token: A.key })).body.items.map((u: { id: string; role: string }) => [u.id, u.role])).toEqual([[A.userId, 'admin']]);
     expect((await call('GET', '/api/v1/invitations', { token: A.key })).body.items.map((i: { id: string }) => i.id)).toEqual([A.inviteId]);
     expect((await call('GET', `/api/v1/messages/${A.messageId}`, { token: A.key })).status).toBe(200);
+    expect((await call('GET', `/api/v1/webhooks/${A.webhookId}`, { token: A.key })).body).toMatchObject({ id: A.webhookId, events: ['delivered'] });
     await sendAs(node.ports.submission, { user: A.credUser, pass: A.credPass }, 'again@alpha-rcpt.tern.test');
     // B's own events are B's alone
     const bEvents = await call('GET', '/api/v1/events', { token: bKey });

@@ -195,7 +195,7 @@ describe('delivery to subscribed endpoints', () => {
 
     const status = await admin(node, 'GET', '/api/v1/webhooks');
     expect(status.status).toBe(200);
-    const acmeAll = (status.body.endpoints as EndpointStatus[]).find((e) => e.id === 'acme-all')!;
+    const acmeAll = (status.body.items as EndpointStatus[]).find((e) => e.id === 'acme-all')!;
     expect(acmeAll).toMatchObject({ tenant: 'acme', state: 'active', failures: 0, pending: 0, disabled_at: null, last_error: null });
     expect(acmeAll.cursor).toBeGreaterThanOrEqual(expected.at(-1)!.seq);
     const metrics = await (await fetch(`http://127.0.0.1:${node.ports.control}/metrics`)).text();

@@ -114,6 +114,8 @@ export interface SendingDomainsDeps {
   secrets: Secrets;
   config: Config;
   tenants: TenantDirectory;
+  /** pools made through the API too (without it: the config's only) */
+  pools?: { sourcesOf(pool: string): Array<{ name: string; address: string; ehlo: string }> };
   resolve: Resolve;
   clock?: () => number;
 }
@@ -173,7 +175,7 @@ export class SendingDomains implements SenderDomainPolicy {
   /** The egress sources of the tenant's pool. */
   sourcesOf(tenant: string): EgressSourceInfo[] {
     const pool = this.deps.tenants.routing(tenant)?.pool || 'default';
-    return (this.deps.config.pools[pool]?.sources ?? []).map((s) => ({ name: s.name, address: s.address, ehlo: s.ehlo }));
+    return (this.deps.pools?.sourcesOf(pool) ?? this.deps.config.pools[pool]?.sources ?? []).map((s) => ({ name: s.name, address: s.address, ehlo: s.ehlo }));
   }
 
   /** The records to publish for a domain of `tenant`. */

@@ -15,10 +15,12 @@ import { ApiKeys } from './api-keys.js';
 import type { Resolve } from './domain-checks.js';
 import { SendingDomains } from './domains.js';
 import { AuditLog, type AuditInput, type AuditOrigin } from './audit.js';
+import { EgressPools } from './pools.js';
 import { Secrets } from './secrets.js';
 import { SmtpCredentials } from './smtp-credentials.js';
 import { TenantDirectory } from './tenants.js';
 import { Users } from './users.js';
+import { WebhookEndpoints } from './webhooks.js';
 
 export interface ControlSettings {
   sessionTtlMs: number;
@@ -49,6 +51,10 @@ export class ControlPlane {
   readonly domains: SendingDomains;
   readonly users: Users;
   readonly audit: AuditLog;
+  /** egress pools: the config's and the API's (src/control/pools.ts) */
+  readonly pools: EgressPools;
+  /** webhook endpoints made through the API (src/control/webhooks.ts) */
+  readonly webhooks: WebhookEndpoints;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -59,10 +65,12 @@ export class ControlPlane {
     this.settings = controlSettings(config);
     this.secrets = Secrets.load(config.dataDir, deps.env);
     this.tenants = new TenantDirectory(store, config);
+    this.pools = new EgressPools(store, config);
+    this.webhooks = new WebhookEndpoints(store, this.secrets, config);
     this.apiKeys = new ApiKeys(store);
     const configUsers = new Set(config.smtpUsers.map((u) => u.username));
     this.smtpCredentials = new SmtpCredentials(store, this.secrets, (u) => configUsers.has(u));
-    this.domains = new SendingDomains({ store, secrets: this.secrets, config, tenants: this.tenants, resolve: deps.resolve ?? resolverFor(new DnsClient(config.dns.servers, config.dns.timeoutMs)) });
+    this.domains = new SendingDomains({ store, secrets: this.secrets, config, tenants: this.tenants, pools: this.pools, resolve: deps.resolve ?? resolverFor(new DnsClient(config.dns.servers, config.dns.timeoutMs)) });
     this.users = new Users(store);
     this.audit = new AuditLog(store);
   }

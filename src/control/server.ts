@@ -18,6 +18,8 @@ import { smtpCredentialRoutes } from './routes/smtp-credentials.js';
 import { suppressionRoutes } from './routes/suppressions.js';
 import { tenantRoutes } from './routes/tenants.js';
 import { userRoutes } from './routes/users.js';
+import { poolRoutes } from './routes/pools.js';
+import { webhookRoutes } from './routes/webhooks.js';
 import { eventRoutes as eventConsumerRoutes, type EventRoutesOptions } from '../events/routes.js';
 import { ALL_TENANTS } from '../events/types.js';
 
@@ -92,6 +94,8 @@ export async function buildControlServer(deps: ControlDeps): Promise<FastifyInst
   app.register(userRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(sessionRoutes, { prefix: '/api/v1', ...deps.api });
   app.register(auditRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(poolRoutes, { prefix: '/api/v1', ...deps.api });
+  app.register(webhookRoutes, { prefix: '/api/v1', ...deps.api });
   if (deps.events)
     app.register(eventConsumerRoutes, {
       prefix: '/api/v1',

@@ -1,6 +1,6 @@
 /**
- * HTTP routes of the events consumers: webhook endpoint status and re-enabling (operator), and the live
- * stream. Who may read which tenant's stream is one function (`streamScope`), so the tenant credentials of
+ * HTTP routes of the events consumers: the live stream (webhook endpoints, their status and re-enabling are
+ * src/control/routes/webhooks.ts). Who may read which tenant's stream is one function (`streamScope`), so the tenant credentials of
  * the control API can replace the operator check without touching the stream.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestAsyncHookHandler } from 'fastify';
@@ -25,7 +25,7 @@ export interface EventRoutesOptions {
 const fail = (reply: FastifyReply, status: number, code: string, message: string) => reply.code(status).send({ error: { code, message, details: [] } });
 
 export async function eventRoutes(app: FastifyInstance, opts: EventRoutesOptions): Promise<void> {
-  const { webhooks, streams, operator } = opts;
+  const { streams, operator } = opts;
   const streamScope =
     opts.streamScope ??
     (async (req: FastifyRequest, reply: FastifyReply) => {
@@ -33,16 +33,7 @@ export async function eventRoutes(app: FastifyInstance, opts: EventRoutesOptions
       return reply.sent ? null : ALL_TENANTS;
     });
 
-  app.get('/webhooks', { preHandler: operator }, async () => ({ endpoints: webhooks.status() }));
-  app.get<{ Params: { id: string } }>('/webhooks/:id', { preHandler: operator }, async (req, reply) => {
-    const [found] = webhooks.status(req.params.id);
-    return found ?? fail(reply, 404, 'not_found', `No webhook endpoint has id ${req.params.id}; GET /api/v1/webhooks lists them`);
-  });
-  app.post<{ Params: { id: string } }>('/webhooks/:id/enable', { preHandler: operator }, async (req, reply) => {
-    const status = await webhooks.enable(req.params.id);
-    return status ?? fail(reply, 404, 'not_found', `No webhook endpoint has id ${req.params.id}; GET /api/v1/webhooks lists them`);
-  });
-
+  // webhook endpoints (status, enable, and the tenants' own) are src/control/routes/webhooks.ts
   app.get<{ Querystring: { tenant?: string; types?: string; since?: string } }>('/events/stream', opts.streamAccess ? { onRequest: opts.streamAccess } : {}, async (req, reply) => {
     const scope = await streamScope(req, reply);
     if (scope === null) return reply;

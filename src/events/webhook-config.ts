@@ -115,7 +115,7 @@ export function resolveWebhooks(
 }
 
 /** The parsed URL, or what is wrong with it. */
-function urlProblem(text: string, policy: AddressPolicy, someNetworksAllowed: boolean): URL | string {
+export function urlProblem(text: string, policy: AddressPolicy, someNetworksAllowed: boolean): URL | string {
   let url: URL;
   try {
     url = new URL(text);

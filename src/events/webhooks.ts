@@ -394,31 +394,58 @@ export class WebhookDelivery {
    * Loads or creates each endpoint's state (a new endpoint starts with the next event), enables a disabled
    * endpoint whose config changed, and starts the workers.
    */
-  async start(): Promise<void> {
+  async start(extra: WebhookEndpointConfig[] = []): Promise<void> {
+    for (const config of [...this.deps.settings.endpoints, ...extra]) await this.open(config);
+    for (const e of this.endpoints.values()) e.start();
+  }
+
+  /** Loads or creates an endpoint's state and makes its worker (not started). */
+  private async open(config: WebhookEndpointConfig): Promise<Endpoint> {
     const { store } = this.deps;
-    for (const config of this.deps.settings.endpoints) {
-      let state = this.db.get(config.id);
-      if (!state) {
-        state = { cursor: store.lastSeq, fingerprint: config.fingerprint, failing_since: null, failures: 0, last_error: null, last_attempt_at: null, last_success_at: null, disabled_at: null, pruned_unread: 0 };
-        const fresh = state;
-        await store.transact(() => this.db.put(config.id, fresh));
-      } else if (state.cursor > store.lastSeq) {
-        // an outbox that is younger than the cursor (a data directory restored or replaced): follow the new one
-        this.deps.log.warn({ endpoint: config.id, cursor: state.cursor, outbox_seq: store.lastSeq }, 'webhook: the cursor is past the end of the outbox; starting from its end');
-        state = { ...state, cursor: store.lastSeq };
-      }
-      const endpoint = new Endpoint(config, state, this.deps, this.db, this.policy, this.instruments);
-      this.endpoints.set(config.id, endpoint);
-      if (state.fingerprint !== config.fingerprint) {
-        if (await endpoint.enable('config', { fingerprint: config.fingerprint })) this.deps.log.info({ endpoint: config.id }, 'webhook: a disabled endpoint whose config changed is enabled again');
-        else {
-          const changed = { ...state, fingerprint: config.fingerprint, failing_since: null, failures: 0 };
-          await store.transact(() => this.db.put(config.id, changed));
-          endpoint.state = changed;
-        }
+    let state = this.db.get(config.id);
+    if (!state) {
+      state = { cursor: store.lastSeq, fingerprint: config.fingerprint, failing_since: null, failures: 0, last_error: null, last_attempt_at: null, last_success_at: null, disabled_at: null, pruned_unread: 0 };
+      const fresh = state;
+      await store.transact(() => this.db.put(config.id, fresh));
+    } else if (state.cursor > store.lastSeq) {
+      // an outbox that is younger than the cursor (a data directory restored or replaced): follow the new one
+      this.deps.log.warn({ endpoint: config.id, cursor: state.cursor, outbox_seq: store.lastSeq }, 'webhook: the cursor is past the end of the outbox; starting from its end');
+      state = { ...state, cursor: store.lastSeq };
+    }
+    const endpoint = new Endpoint(config, state, this.deps, this.db, this.policy, this.instruments);
+    this.endpoints.set(config.id, endpoint);
+    if (state.fingerprint !== config.fingerprint) {
+      if (await endpoint.enable('config', { fingerprint: config.fingerprint })) this.deps.log.info({ endpoint: config.id }, 'webhook: a disabled endpoint whose config changed is enabled again');
+      else {
+        const changed = { ...state, fingerprint: config.fingerprint, failing_since: null, failures: 0 };
+        await store.transact(() => this.db.put(config.id, changed));
+        endpoint.state = changed;
       }
     }
-    for (const e of this.endpoints.values()) e.start();
+    return endpoint;
+  }
+
+  /**
+   * Runs an endpoint made or changed at run time (control API): a new one starts from the next event; a
+   * changed one restarts its worker from its cursor (a batch in flight is sent again, to the new URL).
+   */
+  async put(config: WebhookEndpointConfig): Promise<void> {
+    const old = this.endpoints.get(config.id);
+    if (old) {
+      this.endpoints.delete(config.id);
+      await old.stop();
+    }
+    (await this.open(config)).start();
+  }
+
+  /** Stops an endpoint's worker; `forget`: it was deleted, so its cursor goes too (else it is paused). */
+  async remove(id: string, forget: boolean): Promise<void> {
+    const e = this.endpoints.get(id);
+    if (e) {
+      this.endpoints.delete(id);
+      await e.stop();
+    }
+    if (forget) await this.deps.store.transact(() => this.db.remove(id));
   }
 
   async stop(): Promise<void> {

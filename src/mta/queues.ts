@@ -228,6 +228,30 @@ export class Scheduler {
     deps.warmup?.onRoll(() => this.releasePostponed());
   }
 
+  /**
+   * The pools' sources changed (pools made or changed through the control API). A source that stays keeps
+   * its object, so its ready queues open new connections with the new address and EHLO; mail waiting on a
+   * source that is gone moves to another source of its pool, or back to the spool when there is none.
+   */
+  setPools(pools: Record<string, Array<{ name: string; address: string; ehlo: string }>>): void {
+    const known = new Map<string, EgressSource>();
+    for (const list of this.sourcesByPool.values()) for (const s of list) known.set(s.name, s);
+    this.sourcesByPool.clear();
+    for (const [pool, sources] of Object.entries(pools))
+      this.sourcesByPool.set(pool, sources.map((s) => Object.assign(known.get(s.name) ?? ({} as EgressSource), { name: s.name, address: s.address, ehlo: s.ehlo, pool })));
+    const live = new Set([...this.sourcesByPool.values()].flatMap((l) => l.map((s) => s.name)));
+    for (const q of this.readyQueues.values()) {
+      if (live.has(q.source.name)) continue;
+      for (const job of q.remove(() => true)) {
+        const dest = { ok: true as const, site: q.site };
+        this.unreserve(job);
+        const other = this.pickSource(job.tenant, [dest], q.source.name, this.needsOf([job], [dest]));
+        if (other) this.route(job, dest, other);
+        else this.release(job); // it waits in the spool
+      }
+    }
+  }
+
   start(): void {
     this.queuedRecipients = this.deps.spool.queues.recipients;
     this.deps.metrics.queueDepth.set({ tier: 'spool' }, this.queuedRecipients);

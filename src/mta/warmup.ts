@@ -162,10 +162,31 @@ export class Warmup {
     this.db = store.db('warmup');
     this.today = dateOf(clock());
     this.rollsAt = Date.parse(this.today) + DAY_MS;
+    this.setSources(sources);
+  }
+
+  /** The names of the plans sources may follow. */
+  planNames(): string[] {
+    return [...this.plans.keys()];
+  }
+
+  /**
+   * The sources on a plan, at start and whenever pools change at run time: a new source (or one given a new
+   * plan or start) warms up from day 1, one that stays keeps its counters, one that is gone is forgotten
+   * here (its state stays in LMDB, should it come back with the same plan).
+   */
+  setSources(sources: WarmupSource[]): void {
+    for (const s of sources) if (!this.plans.has(s.plan)) throw new ConfigError([`source ${s.name}: warmup plan "${s.plan}" is not defined`]);
+    const wanted = new Set(sources.map((s) => s.name));
+    for (const name of [...this.states.keys()]) {
+      if (wanted.has(name)) continue;
+      this.states.delete(name);
+      this.sources.delete(name);
+      this.reserved.delete(name);
+    }
     for (const s of sources) {
-      if (!plans.has(s.plan)) throw new ConfigError([`source ${s.name}: warmup plan "${s.plan}" is not defined`]);
       this.sources.set(s.name, s);
-      let state = this.db.get(s.name);
+      let state = this.states.get(s.name) ?? this.db.get(s.name);
       if (!state || state.plan !== s.plan || state.start !== s.start) {
         // a new source, or the operator gave it a new plan or start: it warms up from day 1
         state = { plan: s.plan, start: s.start, day: this.today >= s.start ? 1 : 0, date: this.today, sent: 0, byProvider: {}, lastSent: null };

@@ -33,7 +33,7 @@ export const TenantView = Type.Object(
 );
 
 const Quota = Nullable(Type.Integer({ minimum: 0, maximum: 1_000_000_000, description: 'recipients per UTC day; null = no limit' }));
-const PoolName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$', description: 'a pool named under pools in the config' });
+const PoolName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$', description: 'a pool of the config file or made with POST /api/v1/pools' });
 
 const CreateBody = strict({
   id: TenantId(),
@@ -68,8 +68,8 @@ export const tenantRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => 
   const view = (t: Tenant): Static<typeof TenantView> => ({ ...t, sent_today: tenants.usedToday(t.id) });
   const live = (id: string) => tenants.get(id) ?? (() => { throw notFound(`Tenant ${id}`); })();
   const checkPool = (pool: string | undefined) => {
-    if (pool !== undefined && !deps.plane.deps.config.pools[pool])
-      throw badRequest(`No pool is named "${pool}"; the pools are ${Object.keys(deps.plane.deps.config.pools).join(', ')}`, [{ field: 'body.pool', message: 'is not a pool of the config' }]);
+    if (pool !== undefined && !deps.plane.pools.has(pool))
+      throw badRequest(`No pool is named "${pool}"; the pools are ${deps.plane.pools.list().map((p) => p.name).join(', ')}`, [{ field: 'body.pool', message: 'is not a pool (GET /api/v1/pools lists them)' }]);
   };
 
   app.post<{ Body: Static<typeof CreateBody> }>(
@@ -131,17 +131,18 @@ export const tenantRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => 
       const t = live(req.params.id);
       if (t.managed_by === 'config') throw new ApiError(409, 'managed_by_config', `Tenant ${t.id} is defined in the config file; remove it there`);
       const { plane } = deps;
-      await mutate(
+      const removed = await mutate(
         deps,
         req,
         () => {
           plane.tenants.deleteIn(t.id);
-          return { api_keys: plane.apiKeys.revokeAllIn(t.id), smtp_credentials: plane.smtpCredentials.removeAllIn(t.id), users: plane.users.removeAllIn(t.id), domains: plane.domains.removeAllIn(t.id) };
+          return { api_keys: plane.apiKeys.revokeAllIn(t.id), smtp_credentials: plane.smtpCredentials.removeAllIn(t.id), users: plane.users.removeAllIn(t.id), domains: plane.domains.removeAllIn(t.id), webhooks: plane.webhooks.removeAllIn(t.id) };
         },
         (removed) => ({ action: 'tenant.delete', tenant: t.id, target: { type: 'tenant', id: t.id }, changes: { removed } }),
       );
       tenants.refresh(t.id);
       plane.domains.refresh();
+      for (const id of removed.webhooks) await plane.webhooks.apply(id);
       return reply.code(204).send();
     },
   );
