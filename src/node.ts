@@ -102,7 +102,7 @@ export class TernNode {
 
   /** What applies to mail for `domain` from `source`, and why. */
   async explainShaping(domain: string, source?: string) {
-    return explainShaping(this.shaping, this.resolver, this.config, domain, source, this.mtaSts);
+    return explainShaping(this.shaping, this.resolver, this.config, domain, source, this.mtaSts, this.controlPlane.pools.sourcesByPool());
   }
 
   static async start(config: Config, opts: NodeOptions = {}): Promise<TernNode> {
@@ -133,7 +133,7 @@ export class TernNode {
     controlPlane.pools.planNames = () => warmup.planNames();
     controlPlane.pools.onChange = () => applyPools(controlPlane.pools, scheduler, warmup, log);
     applyPools(controlPlane.pools, scheduler, warmup, log);
-    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants });
+    const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants, pools: controlPlane.pools });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
     // tracking settings of tenants made through the API (the file's own are read from config.tenants)
     setTenantLookup(config, (id) => {
@@ -161,7 +161,7 @@ export class TernNode {
     const control = await buildControlServer({
       metrics,
       adminToken: config.adminToken,
-      explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source, mtaSts),
+      explainShaping: (domain, source) => explainShaping(nodeRef!.shaping, resolver, config, domain, source, mtaSts, controlPlane.pools.sourcesByPool()),
       reload: () => nodeRef!.reloadShaping(),
       backoff: { list: () => scheduler.backoffActions(), clear: (id) => scheduler.clearBackoff(id) },
       warmup: (source) => warmup.status(source),
@@ -341,10 +341,12 @@ export function mtaStsPolicies(config: Config, dns: DnsClient, resolver: Destina
  * Resolves the domain (route or MX set) and merges the shaping layers for it, naming each value's origin;
  * with `mtaSts`, also the domain's MTA-STS policy (`mta_sts`, null when MTA-STS is off or a route applies).
  */
-export async function explainShaping(shaping: Shaping, resolver: DestinationResolver, config: Config, domain: string, source?: string, mtaSts?: MtaStsPolicies | null) {
+export async function explainShaping(shaping: Shaping, resolver: DestinationResolver, config: Config, domain: string, source?: string, mtaSts?: MtaStsPolicies | null, pools?: Record<string, Array<{ name: string }>>) {
   const d = domain.toLowerCase();
-  const sourceName = source ?? Object.values(config.pools)[0]!.sources[0]!.name;
-  const known = Object.values(config.pools).some((p) => p.sources.some((s) => s.name === sourceName));
+  // the file's pools, and (on a running node) those made through the control API
+  const allPools = pools ?? Object.fromEntries(Object.entries(config.pools).map(([n, p]) => [n, p.sources]));
+  const sourceName = source ?? Object.values(allPools)[0]!.at(0)!.name;
+  const known = Object.values(allPools).some((list) => list.some((s) => s.name === sourceName));
   if (!known) throw new Error(`no egress source is named "${sourceName}"`);
   const dest = await resolver.resolve(d);
   const mxHosts = dest.ok ? dest.site.hosts.map((h) => h.name) : [];

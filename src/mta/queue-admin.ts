@@ -34,7 +34,7 @@ export class QueueAdmin {
   /** actions that walk the spool run one at a time, so two never claim the same entry */
   private serial: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly deps: { config: Config; spool: Spool; scheduler: Scheduler; holds: Holds; store: Store; log: Logger; tenants?: { get(id: string): unknown } }) {}
+  constructor(private readonly deps: { config: Config; spool: Spool; scheduler: Scheduler; holds: Holds; store: Store; log: Logger; tenants?: { get(id: string): unknown }; pools?: { sourcesByPool(): Record<string, Array<{ name: string }>> } }) {}
 
   /** Records the end of holds that ran out while the node was down, and watches for the next end. */
   async start(): Promise<void> {
@@ -63,7 +63,9 @@ export class QueueAdmin {
     }
     if (sel.source !== undefined) {
       if (!opts.source) throw new QueueInputError('invalid_selector', 'Queued mail is not tied to an egress source until it is sent: select it by tenant, campaign or domain (suspend a source to move its mail to other sources)');
-      const sources = Object.values(config.pools).flatMap((p) => p.sources.map((s) => s.name));
+      // the file's pools and those made through the control API
+      const pools = this.deps.pools?.sourcesByPool() ?? Object.fromEntries(Object.entries(config.pools).map(([n, p]) => [n, p.sources]));
+      const sources = Object.values(pools).flatMap((list) => list.map((s) => s.name));
       if (!sources.includes(sel.source)) throw new QueueInputError('unknown_source', `No egress source is named "${sel.source}"; the sources are ${sources.join(', ')}`);
     }
     return sel;
