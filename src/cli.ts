@@ -11,6 +11,7 @@ import { DnsClient } from './mta/dns.js';
 import { DestinationResolver } from './mta/destination.js';
 import { queueCommand, QUEUE_USAGE } from './control/queue-cli.js';
 import { controlClient } from './control/client.js';
+import { readBootstrapOperatorToken } from './control/operator-token.js';
 import type { WarmupStatus } from './mta/warmup.js';
 import { loadBounceRules } from './bounce/classify.js';
 import { DEFAULT_MAX_BYTES } from './bounce/parse.js';
@@ -112,11 +113,12 @@ async function shaping(argv: string[]): Promise<void> {
 async function reload(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
   const config = configOrExit(values.config);
-  if (!config.adminToken) fail('tern reload: set control.admin_token in the config or TERN_ADMIN_TOKEN, or send SIGHUP to the node');
+  const token = config.adminToken ?? readBootstrapOperatorToken(config.dataDir);
+  if (!token) fail('tern reload: set control.admin_token in the config or TERN_ADMIN_TOKEN, or send SIGHUP to the node');
   const host = config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host;
   let res;
   try {
-    res = await fetch(`http://${host}:${config.control.port}/api/v1/reload`, { method: 'POST', headers: { authorization: `Bearer ${config.adminToken}` } });
+    res = await fetch(`http://${host}:${config.control.port}/api/v1/reload`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
   } catch (err) {
     fail(`tern reload: no node answers on ${host}:${config.control.port}: ${(err as Error).message}`);
   }

@@ -27,6 +27,7 @@ import { Shaping, describeSettings } from './mta/shaping.js';
 import { Warmup, loadWarmupPlans, type WarmupSource } from './mta/warmup.js';
 import { MtaStsPolicies } from './mta/mta-sts.js';
 import { buildControlServer } from './control/server.js';
+import { bootstrapOperatorToken, operatorTokenFile } from './control/operator-token.js';
 import { ControlPlane } from './control/plane.js';
 import type { EgressPools } from './control/pools.js';
 import { SystemMailer } from './control/mailer.js';
@@ -147,6 +148,12 @@ export class TernNode {
     controlPlane.domains.onSigningKeys = (keys) => preparer.setTenantKeys(keys);
     const tls = await tlsMaterial(config.dataDir, config.hostname, config.submission.tls);
     if (!config.smtpUsers.length) config.smtpUsers.push(bootstrapUser(config.dataDir, log));
+    if (!config.adminToken) {
+      // no operator token configured: make the first-login secret, keep it in data_dir and print it
+      config.adminToken = bootstrapOperatorToken(config.dataDir);
+      log.warn({ file: operatorTokenFile(config.dataDir) }, 'no control.admin_token or TERN_ADMIN_TOKEN: using the bootstrap operator token');
+      process.stderr.write(`Tern: operator token for the control API (no control.admin_token in config): ${config.adminToken}\n      (kept in ${operatorTokenFile(config.dataDir)}; send it as "Authorization: Bearer <token>")\n\n`);
+    }
     // one acceptance pipeline for SMTP submission, HTTP sending and the node's account mail
     const acceptance = new Acceptance({ config, spool, scheduler, preparer, log, metrics, suppressions: bounces.suppressions, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains, acceptance });

@@ -132,6 +132,31 @@ describe('tern shaping explain and reload', () => {
   });
 });
 
+describe('first start without an operator token', () => {
+  it('makes one, prints it, and the tern commands use it', async () => {
+    const dir = tempDir();
+    const ports = { submission: await freePort(), control: await freePort() };
+    const doc = testConfigDoc(path.join(dir, 'data'), { listeners: { submission: { port: ports.submission }, control: { port: ports.control } } });
+    delete (doc as { control?: unknown }).control;
+    const config = writeYaml(path.join(dir, 'tern.yaml'), doc);
+    const child = await spawnNode(config, ports);
+    try {
+      const token = /operator token for the control API \(no control\.admin_token in config\): (\S+)/.exec(child.output())?.[1];
+      expect(token, child.output()).toMatch(/^op-/);
+      const res = await fetch(`http://127.0.0.1:${ports.control}/api/v1/tenants`, { headers: { authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(200);
+      expect((await fetch(`http://127.0.0.1:${ports.control}/api/v1/tenants`, { headers: { authorization: 'Bearer wrong-token-wrong-token' } })).status).toBe(401);
+      const r = await tern('queue', 'list', '--json', '--config', config);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).totals).toBeDefined();
+      expect(fs.statSync(path.join(dir, 'data', 'bootstrap-operator-token')).mode & 0o777).toBe(0o600);
+    } finally {
+      child.proc.kill('SIGTERM');
+      await child.exited;
+    }
+  });
+});
+
 describe('tern bounce parse', () => {
   const FIXTURES = path.join(ROOT, 'test/fixtures/bounces');
   /** runs the command with `stdin` on its standard input */

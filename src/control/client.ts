@@ -1,5 +1,6 @@
 /** The `tern` commands' HTTP client for a running node's control listener (address and token from the config). */
 import type { Config } from '../core/config.js';
+import { readBootstrapOperatorToken } from './operator-token.js';
 
 interface ApiError {
   error: { code: string; message: string };
@@ -9,13 +10,15 @@ interface ApiError {
 export function controlClient(config: Config, command: string) {
   const host = config.control.host === '0.0.0.0' ? '127.0.0.1' : config.control.host;
   const base = `http://${host.includes(':') ? `[${host}]` : host}:${config.control.port}`;
+  // the configured token, else the one a node made in data_dir at its first start
+  const token = config.adminToken ?? readBootstrapOperatorToken(config.dataDir);
   return async (method: string, path: string, body?: unknown): Promise<unknown> => {
-    if (!config.adminToken) throw new Error(`${command}: set control.admin_token in the config or TERN_ADMIN_TOKEN in the environment`);
+    if (!token) throw new Error(`${command}: set control.admin_token in the config or TERN_ADMIN_TOKEN in the environment`);
     let res: Response;
     try {
       res = await fetch(base + path, {
         method,
-        headers: { authorization: `Bearer ${config.adminToken}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined,
       });
     } catch (err) {
