@@ -22,7 +22,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { Store } from '../core/store.js';
 import type { TlsMaterial } from '../core/tls.js';
 import { normalizeAddress } from '../core/net.js';
-import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessage } from '../mta/reception.js';
+import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, listenerOptions, readMessage } from '../mta/reception.js';
 import { smtpError } from '../mta/smtp-reply.js';
 import type { BounceRules } from './classify.js';
 import { ingestReport, type SpoolReader } from './ingest.js';
@@ -123,24 +123,8 @@ export class InboundListener {
     const dynamic = deps.isBounceDomain;
     this.domains = { bounce: { has: (d) => configured.has(d) || Boolean(dynamic?.(d)) }, fbl: new Set(config.bounce.fblDomains) };
     this.server = new SMTPServer({
-      name: config.hostname,
-      banner: 'Tern ESMTP (bounces and feedback only)',
-      key: tls.key,
-      cert: tls.cert,
-      size: opts.maxMessageSize,
-      rejectOversized: true,
-      hideENHANCEDSTATUSCODES: false,
-      hideDSN: true,
-      hidePIPELINING: false,
-      hide8BITMIME: false,
-      hideSMTPUTF8: false,
+      ...listenerOptions({ hostname: config.hostname, banner: 'Tern ESMTP (bounces and feedback only)', tls, maxMessageSize: opts.maxMessageSize, maxClients: opts.max_connections, idleTimeoutMs: opts.idleTimeoutMs }),
       disabledCommands: ['AUTH'],
-      authOptional: true,
-      maxClients: opts.max_connections,
-      socketTimeout: opts.idleTimeoutMs,
-      closeTimeout: 30_000,
-      logger: false,
-      disableReverseLookup: true,
       onConnect: (session, cb) => this.onConnect(session, cb),
       onClose: (session) => this.onClose(session),
       onRcptTo: (address, session, cb) => this.onRcptTo(address, session, cb),

@@ -3,9 +3,35 @@
  * read with a size limit and a deadline, and listening with an error that names the config key.
  */
 import type { Readable } from 'node:stream';
-import type { SMTPServer } from 'smtp-server';
+import type { SMTPServer, SMTPServerOptions } from 'smtp-server';
 import { normalizeAddress } from '../core/net.js';
 import { SmtpReplyError } from './smtp-reply.js';
+
+/**
+ * The smtp-server options every Tern listener has: its certificate for STARTTLS, SIZE enforced (552, nothing
+ * kept), enhanced status codes shown, PIPELINING, 8BITMIME and SMTPUTF8, no reverse lookups, no library log.
+ */
+export function listenerOptions(o: { hostname: string; banner: string; tls: { key: string; cert: string }; maxMessageSize: number; maxClients: number; idleTimeoutMs: number }): SMTPServerOptions {
+  return {
+    name: o.hostname,
+    banner: o.banner,
+    key: o.tls.key,
+    cert: o.tls.cert,
+    size: o.maxMessageSize,
+    rejectOversized: true,
+    hideENHANCEDSTATUSCODES: false,
+    hideDSN: true,
+    hidePIPELINING: false,
+    hide8BITMIME: false,
+    hideSMTPUTF8: false,
+    authOptional: true,
+    maxClients: o.maxClients,
+    socketTimeout: o.idleTimeoutMs,
+    closeTimeout: 30_000,
+    logger: false,
+    disableReverseLookup: true,
+  };
+}
 
 /** Open sessions per client address, against a limit. */
 export class SessionsPerAddress {

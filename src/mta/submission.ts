@@ -16,7 +16,7 @@ import type { Preparer } from './prepare-pool.js';
 import type { Scheduler } from './queues.js';
 import type { Spool } from './spool.js';
 import { smtpError } from './smtp-reply.js';
-import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, readMessage } from './reception.js';
+import { MessageRefusal, SessionsPerAddress, closeSession, listenSmtp, listenerOptions, readMessage } from './reception.js';
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy } from '../control/tenants.js';
 import type { SenderDomainPolicy } from '../control/domains.js';
@@ -71,26 +71,10 @@ export class SubmissionListener {
     this.perIp = new SessionsPerAddress(sub.max_connections_per_ip);
     this.users = new Map(config.smtpUsers.map((u) => [u.username, { password: digest(u.password), tenant: u.tenant }]));
     this.server = new SMTPServer({
-      name: config.hostname,
-      banner: 'Tern ESMTP',
-      key: tls.key,
-      cert: tls.cert,
-      size: sub.maxMessageSize,
-      rejectOversized: true,
-      hideENHANCEDSTATUSCODES: false,
-      hideDSN: true,
-      hidePIPELINING: false,
-      hide8BITMIME: false,
-      hideSMTPUTF8: false,
+      ...listenerOptions({ hostname: config.hostname, banner: 'Tern ESMTP', tls, maxMessageSize: sub.maxMessageSize, maxClients: sub.max_connections, idleTimeoutMs: sub.idleTimeoutMs }),
       authMethods: ['PLAIN', 'LOGIN'],
       // AUTH is refused before TLS in onAuth, except on loopback; advertising it lets loopback clients use it
       allowInsecureAuth: true,
-      authOptional: true,
-      maxClients: sub.max_connections,
-      socketTimeout: sub.idleTimeoutMs,
-      closeTimeout: 30_000,
-      logger: false,
-      disableReverseLookup: true,
       onConnect: (session, cb) => this.onConnect(session, cb),
       onClose: (session) => this.onClose(session),
       onAuth: (auth, session, cb) => this.onAuth(auth, session, cb),
