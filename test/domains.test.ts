@@ -180,6 +180,15 @@ describe("the newcomer's journey", () => {
     const verified = await dkimVerify(msg.data!, { resolver: (name: string, rr: string) => resolver.resolve(name, rr as 'TXT') });
     const ym = new Date().toISOString().slice(0, 7).replace('-', '');
     expect(verified.results.map((r: { selector?: string; signingDomain?: string; status: { result: string } }) => `${r.signingDomain}/${r.selector}:${r.status.result}`).sort()).toEqual([`${DOMAIN}/t${ym}e:pass`, `${DOMAIN}/t${ym}r:pass`]);
+
+    // the stats show both sends (SMTP and HTTP) as delivered today
+    const today = new Date().toISOString().slice(0, 10);
+    let row: { accepted?: number; delivered?: number } | undefined;
+    for (let i = 0; i < 50 && (row?.delivered ?? 0) < 2; i++) {
+      row = (await as('GET', `/api/v1/stats?from=${today}&to=${today}`)).body.items[0];
+      if ((row?.delivered ?? 0) < 2) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(row).toMatchObject({ accepted: 2, delivered: 2 });
   });
 });
 
