@@ -482,21 +482,38 @@ export class Spool {
   }
 
   /** Deletes finished messages (and their recipient records) created before `before`. */
-  async pruneFinished(before: number, batch = 5000): Promise<number> {
-    const done: string[] = [];
-    for (const { key, value } of this.messages.getRange({ start: '', limit: batch, snapshot: false })) {
-      if (typeof key !== 'string') continue;
-      if (value.createdAt >= before) break;
-      if (value.pending <= 0) done.push(key);
-    }
-    if (!done.length) return 0;
-    await this.store.root.transaction(() => {
-      for (const id of done) {
-        this.messages.remove(id);
-        for (const k of this.recipients.getKeys({ start: [id, 0], end: [id, Number.MAX_SAFE_INTEGER] })) this.recipients.remove(k);
+  async pruneFinished(before: number, batch = 5000, budgetMs = 5000): Promise<number> {
+    // messages still pending are passed over (not a wall: the ones behind them are pruned too), in batches,
+    // for at most `budgetMs` per call, so a busy node keeps up (the cron calls this every 10 minutes)
+    const until = Date.now() + budgetMs;
+    let removed = 0;
+    let after: string | null = null;
+    for (;;) {
+      const done: string[] = [];
+      let seen = 0;
+      let reachedNew = false;
+      for (const { key, value } of this.messages.getRange({ start: after ?? '', limit: batch + 1, snapshot: false })) {
+        if (typeof key !== 'string' || key === after) continue;
+        if (value.createdAt >= before) {
+          reachedNew = true;
+          break;
+        }
+        seen++;
+        after = key;
+        if (value.pending <= 0) done.push(key);
+        if (seen >= batch) break;
       }
-    });
-    return done.length;
+      if (done.length)
+        await this.store.root.transaction(() => {
+          for (const id of done) {
+            this.messages.remove(id);
+            for (const k of this.recipients.getKeys({ start: [id, 0], end: [id, Number.MAX_SAFE_INTEGER] })) this.recipients.remove(k);
+          }
+        });
+      removed += done.length;
+      if (reachedNew || seen < batch || Date.now() > until) return removed;
+      await new Promise((r) => setImmediate(r));
+    }
   }
 }
 
