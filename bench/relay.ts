@@ -170,9 +170,17 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     shaping: { file: writeShaping(opts.dir, opts.shaping ?? {}) },
     ...opts.extra,
   };
-  const file = path.join(opts.dir, 'tern.yaml');
+  const node = await spawnTern(opts.dir, config);
+  return { pid: node.pid, port, controlPort, stop: node.stop };
+}
+
+/**
+ * Writes `config` to `<dir>/tern.yaml`, runs `tern start` with it as a child process and waits until it
+ * listens. TERN_NODE_ARGS passes extra flags to the node process (e.g. "--cpu-prof" to profile it).
+ */
+export async function spawnTern(dir: string, config: Record<string, unknown>): Promise<{ pid: number; stop(): Promise<void> }> {
+  const file = path.join(dir, 'tern.yaml');
   fs.writeFileSync(file, YAML.stringify(config));
-  // TERN_NODE_ARGS passes extra flags to the node process (e.g. "--cpu-prof" to profile it)
   const nodeArgs = (process.env.TERN_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -186,8 +194,6 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
   }
   return {
     pid: proc.pid!,
-    port,
-    controlPort,
     stop: async () => {
       proc.kill('SIGTERM');
       await exited;

@@ -15,15 +15,13 @@
  *
  * Prints one JSON line per phase.
  */
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
-import YAML from 'yaml';
-import { freePort, machine } from './relay.js';
+import { freePort, machine, spawnTern } from './relay.js';
 import { generateDkimKey, loadSigningKey } from '../src/mta/dkim.js';
 import { keyLookup, prepareMessage, type PrepareInput } from '../src/mta/prepare.js';
 import { newMessageId } from '../src/mta/spool.js';
@@ -31,7 +29,6 @@ import { Store } from '../src/core/store.js';
 import { TrackingTokens } from '../src/tracking/tokens.js';
 import type { TrackingSettings } from '../src/tracking/personalise.js';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
 const BROWSER = 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36';
 
 function sampleHtmlMessage(links: number): Buffer {
@@ -90,29 +87,8 @@ async function startTern(dir: string, keyFile: string, logLevel: string): Promis
     // the scanner window would flag every click of a token made a moment ago
     tracking: { enabled: true, base_url: `http://127.0.0.1:${tracking}`, keys: [keyFile], scanner_window: '0s' },
   };
-  const file = path.join(dir, 'tern.yaml');
-  fs.writeFileSync(file, YAML.stringify(config));
-  // TERN_NODE_ARGS passes extra flags to the node process (e.g. "--cpu-prof" to profile it)
-  const nodeArgs = (process.env.TERN_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  proc.stdout.on('data', (d) => (out += d));
-  proc.stderr.on('data', (d) => (out += d));
-  const exited = new Promise((r) => proc.on('exit', r));
-  const until = Date.now() + 30_000;
-  while (!/Tern is running/.test(out)) {
-    if (proc.exitCode !== null || Date.now() > until) throw new Error(`tern did not start:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    dataDir,
-    trackingPort: tracking,
-    pid: proc.pid!,
-    stop: async () => {
-      proc.kill('SIGTERM');
-      await exited;
-    },
-  };
+  const node = await spawnTern(dir, config);
+  return { dataDir, trackingPort: tracking, pid: node.pid, stop: node.stop };
 }
 
 async function load(url: string, paths: string[], connections: number, duration: number) {
