@@ -12,8 +12,7 @@
  * domain is not signed: which domains are ours is the inbound listener's business.
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
+import { keyRing, readHexKeyFile } from '../core/keyring.js';
 
 export interface VerpTarget {
   /** the spool's queue id (`newMessageId()`) */
@@ -212,29 +211,14 @@ export class VerpCodec {
   }
 }
 
-const KEY_FILE = 'verp.key';
-const OLD_KEY_FILE = /^verp\.old.*\.key$/;
-
-function readKeyFile(file: string): Buffer {
-  const text = fs.readFileSync(file, 'utf8').trim();
-  if (!/^[0-9a-f]{64}$/i.test(text)) throw new Error(`VERP key ${file} must hold 64 hexadecimal characters (32 bytes)`);
-  return Buffer.from(text, 'hex');
-}
+const readVerpKey = (file: string) => readHexKeyFile(file, 'VERP key');
 
 /**
  * The VERP keys of a node: `<dataDir>/keys/verp.key` signs and verifies, every `keys/verp.old*.key` only
  * verifies. Null when there is no verp.key (nothing was ever signed here).
  */
 export function loadVerpKeys(dataDir: string): Buffer[] | null {
-  const dir = path.join(dataDir, 'keys');
-  const current = path.join(dir, KEY_FILE);
-  if (!fs.existsSync(current)) return null;
-  const old = fs
-    .readdirSync(dir)
-    .filter((f) => OLD_KEY_FILE.test(f))
-    .sort()
-    .map((f) => readKeyFile(path.join(dir, f)));
-  return [readKeyFile(current), ...old];
+  return keyRing(dataDir, 'verp', { create: false, read: readVerpKey });
 }
 
 /**
@@ -242,12 +226,5 @@ export function loadVerpKeys(dataDir: string): Buffer[] | null {
  * that sends or receives bounces for the same mail must hold the same key file.
  */
 export function loadOrCreateVerpKeys(dataDir: string): Buffer[] {
-  const dir = path.join(dataDir, 'keys');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  try {
-    fs.writeFileSync(path.join(dir, KEY_FILE), crypto.randomBytes(32).toString('hex') + '\n', { flag: 'wx', mode: 0o600 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  return loadVerpKeys(dataDir)!;
+  return keyRing(dataDir, 'verp', { create: true, read: readVerpKey })!;
 }

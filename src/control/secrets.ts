@@ -11,10 +11,8 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
+import { keyRing, olderKeys } from '../core/keyring.js';
 
-const KEY_FILE = 'master.key';
-const OLD_KEY_FILE = /^master\.old.*\.key$/;
 const SEALED = /^v1:([0-9a-f]{8}):([A-Za-z0-9_-]+)$/;
 
 export interface MasterKey {
@@ -59,26 +57,9 @@ export class Secrets {
    * and the older keys kept for rotation.
    */
   static load(dataDir: string, env: NodeJS.ProcessEnv = process.env): Secrets {
-    const dir = path.join(dataDir, 'keys');
-    let current: Buffer;
-    if (env.TERN_MASTER_KEY) current = parseMasterKey(env.TERN_MASTER_KEY, 'TERN_MASTER_KEY');
-    else {
-      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-      const file = path.join(dir, KEY_FILE);
-      try {
-        fs.writeFileSync(file, crypto.randomBytes(32).toString('hex') + '\n', { flag: 'wx', mode: 0o600 });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
-      current = parseMasterKey(fs.readFileSync(file, 'utf8'), file);
-    }
-    const old = fs.existsSync(dir)
-      ? fs
-          .readdirSync(dir)
-          .filter((f) => OLD_KEY_FILE.test(f))
-          .sort()
-          .map((f) => parseMasterKey(fs.readFileSync(path.join(dir, f), 'utf8'), path.join(dir, f)))
-      : [];
+    const read = (file: string) => parseMasterKey(fs.readFileSync(file, 'utf8'), file);
+    const current = env.TERN_MASTER_KEY ? parseMasterKey(env.TERN_MASTER_KEY, 'TERN_MASTER_KEY') : keyRing(dataDir, 'master', { create: true, read })![0]!;
+    const old = olderKeys(dataDir, 'master', read);
     return new Secrets(current, old);
   }
 

@@ -25,8 +25,7 @@
  * marker byte and str(id); str = leb(length) ‖ UTF-8; leb = unsigned LEB128.
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
+import { keyRing, readHexKeyFile } from '../core/keyring.js';
 import { base32Decode, base32Encode } from '../bounce/verp.js';
 
 export type TokenKind = 'open' | 'click' | 'unsubscribe' | 'trap';
@@ -354,37 +353,13 @@ function readPayload(payload: Buffer): DecodedToken | null {
 
 // ---- key files ----------------------------------------------------------------------------------------
 
-const KEY_FILE = 'tracking.key';
-const OLD_KEY_FILE = /^tracking\.old.*\.key$/;
-
-function readKeyFile(file: string): Buffer {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8').trim();
-  } catch (err) {
-    throw new Error(`tracking key ${file} cannot be read: ${(err as Error).message}`);
-  }
-  if (!/^[0-9a-f]{64}$/i.test(text)) throw new Error(`tracking key ${file} must hold 64 hexadecimal characters (32 bytes); make one with: openssl rand -hex 32`);
-  return Buffer.from(text, 'hex');
-}
+const readTrackingKey = (file: string) => readHexKeyFile(file, 'tracking key');
 
 /**
  * The tracking keys of a node, signing key first: the files named in `tracking.keys` when there are any,
  * else `<dataDir>/keys/tracking.key` (created on first use, 0600) and every `keys/tracking.old*.key`.
  */
 export function loadTrackingKeys(dataDir: string, files: string[] = []): Buffer[] {
-  if (files.length) return files.map(readKeyFile);
-  const dir = path.join(dataDir, 'keys');
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  try {
-    fs.writeFileSync(path.join(dir, KEY_FILE), crypto.randomBytes(32).toString('hex') + '\n', { flag: 'wx', mode: 0o600 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  const old = fs
-    .readdirSync(dir)
-    .filter((f) => OLD_KEY_FILE.test(f))
-    .sort()
-    .map((f) => readKeyFile(path.join(dir, f)));
-  return [readKeyFile(path.join(dir, KEY_FILE)), ...old];
+  if (files.length) return files.map(readTrackingKey);
+  return keyRing(dataDir, 'tracking', { create: true, read: readTrackingKey })!;
 }
