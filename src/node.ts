@@ -38,7 +38,6 @@ import { VerpCodec, loadOrCreateVerpKeys } from './bounce/verp.js';
 import { WebhookDelivery } from './events/webhooks.js';
 import { EventStreams } from './events/stream.js';
 import { TRACKING_HITS, startTracking, type Tracking } from './tracking/index.js';
-import { setTenantLookup } from './tracking/settings.js';
 
 export interface NodeOptions {
   logger?: Logger;
@@ -136,11 +135,6 @@ export class TernNode {
     applyPools(controlPlane.pools, scheduler, warmup, log);
     const queueAdmin = new QueueAdmin({ config, spool, scheduler, holds, store, log, tenants: controlPlane.tenants, pools: controlPlane.pools });
     warmup.onRoll((changes) => log.info({ changes }, 'warmup: a new day'));
-    // tracking settings of tenants made through the API (the file's own are read from config.tenants)
-    setTenantLookup(config, (id) => {
-      const t = controlPlane.tenants.get(id);
-      return t && t.managed_by === 'api' ? { tracking: t.tracking, bounce_domain: t.bounce_domain } : undefined;
-    });
     const tracking = config.tracking.baseUrl ? startTracking(config, store, bounces.suppressions, log, metrics.registry) : null;
     const preparer = createPreparer(readKeyMaterial(config.dkim.keys), opts.inlinePrepare ? -1 : config.dkim.workers, tracking?.keys);
     // the keys of tenants' verified sending domains, now and whenever a domain's status changes
@@ -155,7 +149,12 @@ export class TernNode {
       process.stderr.write(`Tern: operator token for the control API (no control.admin_token in config): ${config.adminToken}\n      (kept in ${operatorTokenFile(config.dataDir)}; send it as "Authorization: Bearer <token>")\n\n`);
     }
     // one acceptance pipeline for SMTP submission, HTTP sending and the node's account mail
-    const acceptance = new Acceptance({ config, spool, scheduler, preparer, log, metrics, suppressions: bounces.suppressions, sending: controlPlane.tenants, senderDomains: controlPlane.domains });
+    // tracking settings of tenants made through the API (the file's own are read from config.tenants)
+    const tenantTracking = (id: string) => {
+      const t = controlPlane.tenants.get(id);
+      return t && t.managed_by === 'api' ? { tracking: t.tracking, bounce_domain: t.bounce_domain } : undefined;
+    };
+    const acceptance = new Acceptance({ config, spool, scheduler, preparer, log, metrics, suppressions: bounces.suppressions, sending: controlPlane.tenants, senderDomains: controlPlane.domains, tenantTracking });
     const submission = new SubmissionListener({ config, spool, scheduler, preparer, tls, log, metrics, suppressions: bounces.suppressions, credentials: controlPlane.smtpCredentials, sending: controlPlane.tenants, senderDomains: controlPlane.domains, acceptance });
     const webhooks = new WebhookDelivery({ store, settings: config.webhooks, resolveHost: (host) => resolver.hostAddresses(host), log, node: config.hostname, ca: cas }, metrics.registry);
     // the inbound listener has its own certificate when listeners.inbound.tls names one, else the submission's

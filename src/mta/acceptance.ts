@@ -13,7 +13,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { SuppressionList } from '../bounce/suppression.js';
 import type { SendingPolicy, SendingRefusal } from '../control/tenants.js';
 import type { SenderDomainPolicy } from '../control/domains.js';
-import { defaultStreamOf, trackingSettingsFor } from '../tracking/settings.js';
+import { defaultStreamOf, trackingSettingsFor, type TenantTrackingLookup } from '../tracking/settings.js';
 import type { Preparer } from './prepare-pool.js';
 import type { Prepared } from './prepare.js';
 import type { Scheduler } from './queues.js';
@@ -31,6 +31,8 @@ export interface AcceptanceDeps {
   sending?: SendingPolicy;
   /** refuses From domains the tenant has not verified (absent: any From) */
   senderDomains?: SenderDomainPolicy;
+  /** tracking settings of tenants the config file does not name (the control API's) */
+  tenantTracking?: TenantTrackingLookup;
 }
 
 export interface MessageSubmission {
@@ -107,8 +109,8 @@ export class Acceptance {
 
     // 2. preparation: one message for all recipients, or each recipient's own (when nobody is left, the first
     // is still prepared: a refused message is refused whoever it was for)
-    const common = { hostname: config.hostname, id: msgId, utf8: input.utf8, tenant, feedbackSenderId: config.bounce.feedbackSenderId, stream: input.stream ?? defaultStreamOf(config, tenant) };
-    const tracking = (rcpts: string[]) => (input.tracking === false ? null : trackingSettingsFor(config, tenant, rcpts));
+    const common = { hostname: config.hostname, id: msgId, utf8: input.utf8, tenant, feedbackSenderId: config.bounce.feedbackSenderId, stream: input.stream ?? defaultStreamOf(config, tenant, this.deps.tenantTracking) };
+    const tracking = (rcpts: string[]) => (input.tracking === false ? null : trackingSettingsFor(config, tenant, rcpts, this.deps.tenantTracking));
     let prepared: Prepared[];
     if (perRecipient) {
       const jobs = raws.length ? raws.map((raw, i) => ({ raw, rcpts: [recipients[i]!] })) : [{ raw: (input.raw as Uint8Array[])[0]!, rcpts: [] }];

@@ -381,7 +381,7 @@ export class Scheduler {
 
   /** What binding these jobs would take from a source's warmup room (nothing when no source warms up). */
   private needsOf(jobs: Job[], dests: Array<{ ok: boolean; site?: Site }>): Need[] {
-    if (!this.deps.warmup) return [];
+    if (!this.deps.warmup?.active) return [];
     const needs: Need[] = [];
     jobs.forEach((job, i) => {
       const site = dests[i]?.ok ? dests[i]!.site : undefined;

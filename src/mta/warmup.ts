@@ -202,7 +202,12 @@ export class Warmup {
     this.listeners.push(listener);
   }
 
-  has(source: string): boolean {
+  /** Whether any source follows a plan (else binding mail skips the warmup checks altogether). */
+  get active(): boolean {
+    return this.states.size > 0;
+  }
+
+    has(source: string): boolean {
     return this.states.has(source);
   }
 

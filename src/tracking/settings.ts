@@ -3,9 +3,8 @@
  * preparation step.
  *
  * Tenants of the config file are read from `config.tenants`. Tenants made through the control API are not in
- * it: the node registers a lookup into its tenant directory with `setTenantLookup()` (kept per config object,
- * so that every caller of these functions, SMTP submission or HTTP sending, sees it without another argument).
- * The config file's own tenants are always decided by the file; the lookup is asked only about the others.
+ * it: the acceptance step passes a lookup into the node's tenant directory. The config file's own tenants are
+ * always decided by the file; the lookup is asked only about the others.
  */
 import type { Config } from '../core/config.js';
 import type { TrackingSettings } from './personalise.js';
@@ -24,27 +23,19 @@ export interface TenantTracking {
 
 export type TenantTrackingLookup = (tenant: string) => TenantTracking | undefined;
 
-const lookups = new WeakMap<Config, TenantTrackingLookup>();
-
-/** Makes the settings of tenants the config file does not name come from `lookup` (the node's tenant directory). */
-export function setTenantLookup(config: Config, lookup: TenantTrackingLookup | null): void {
-  if (lookup) lookups.set(config, lookup);
-  else lookups.delete(config);
-}
-
 /** The file's tenant as TenantTracking, else the looked-up one, else undefined (defaults apply). */
-function tenantOf(config: Config, tenant: string): Partial<TenantTracking> | undefined {
-  return config.tenants[tenant] ?? lookups.get(config)?.(tenant);
+function tenantOf(config: Config, tenant: string, lookup?: TenantTrackingLookup): Partial<TenantTracking> | undefined {
+  return config.tenants[tenant] ?? lookup?.(tenant);
 }
 
 /**
  * The tracking settings of a message of `tenant` to `recipients` (in spool order); null when the node has no
  * tracking listener (`tracking.base_url` unset): then nothing is tracked and no List-Unsubscribe is added.
  */
-export function trackingSettingsFor(config: Config, tenant: string, recipients: string[]): TrackingSettings | null {
+export function trackingSettingsFor(config: Config, tenant: string, recipients: string[], lookup?: TenantTrackingLookup): TrackingSettings | null {
   const baseUrl = config.tracking.baseUrl;
   if (!baseUrl) return null;
-  const t = tenantOf(config, tenant);
+  const t = tenantOf(config, tenant, lookup);
   return {
     baseUrl,
     track: t?.tracking ?? config.tracking.enabled,
@@ -56,6 +47,6 @@ export function trackingSettingsFor(config: Config, tenant: string, recipients: 
 }
 
 /** A tenant's mail is marketing unless the tenant says it sends transactional mail. */
-export function defaultStreamOf(config: Config, tenant: string): 'marketing' | 'transactional' {
-  return tenantOf(config, tenant)?.stream ?? 'marketing';
+export function defaultStreamOf(config: Config, tenant: string, lookup?: TenantTrackingLookup): 'marketing' | 'transactional' {
+  return tenantOf(config, tenant, lookup)?.stream ?? 'marketing';
 }

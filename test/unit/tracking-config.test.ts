@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildConfig, loadConfig } from '../../src/core/config.js';
-import { setTenantLookup, trackingSettingsFor, defaultStreamOf } from '../../src/tracking/settings.js';
+import { trackingSettingsFor, defaultStreamOf } from '../../src/tracking/settings.js';
 import { ROOT } from '../support/node.js';
 
 const problems = (doc: unknown): string[] => {
@@ -51,23 +51,20 @@ describe('tracking config', () => {
     expect(defaultStreamOf(c, 'loud')).toBe('marketing');
   });
 
-  it("asks the registered lookup about tenants the file does not name (the control API's), never about the file's", () => {
+  it("asks the lookup about tenants the file does not name (the control API's), never about the file's", () => {
     const c = buildConfig({ tracking: { enabled: true, base_url: 'https://t.example.com' }, tenants: { filed: { tracking: false } } });
     const asked: string[] = [];
-    setTenantLookup(c, (id) => {
+    const lookup = (id: string) => {
       asked.push(id);
-      return id === 'api-on' ? { tracking: true, bounce_domain: 'bounces.api.example' } : id === 'api-off' ? { tracking: false, bounce_domain: null, stream: 'transactional' } : undefined;
-    });
-    expect(trackingSettingsFor(c, 'api-on', [])).toMatchObject({ track: true, mailDomain: 'bounces.api.example' });
-    expect(trackingSettingsFor(c, 'api-off', [])).toMatchObject({ track: false, mailDomain: c.bounce.domain });
-    expect(defaultStreamOf(c, 'api-off')).toBe('transactional');
-    expect(trackingSettingsFor(c, 'filed', [])).toMatchObject({ track: false });
-    expect(trackingSettingsFor(c, 'unknown', [])).toMatchObject({ track: true, mailDomain: c.bounce.domain });
+      return id === 'api-on' ? { tracking: true, bounce_domain: 'bounces.api.example' } : id === 'api-off' ? { tracking: false, bounce_domain: null, stream: 'transactional' as const } : undefined;
+    };
+    expect(trackingSettingsFor(c, 'api-on', [], lookup)).toMatchObject({ track: true, mailDomain: 'bounces.api.example' });
+    expect(trackingSettingsFor(c, 'api-off', [], lookup)).toMatchObject({ track: false, mailDomain: c.bounce.domain });
+    expect(defaultStreamOf(c, 'api-off', lookup)).toBe('transactional');
+    expect(trackingSettingsFor(c, 'filed', [], lookup)).toMatchObject({ track: false });
+    expect(trackingSettingsFor(c, 'unknown', [], lookup)).toMatchObject({ track: true, mailDomain: c.bounce.domain });
     expect(asked).not.toContain('filed');
-    // per config object: another config is not affected
-    const other = buildConfig({ tracking: { enabled: true, base_url: 'https://t.example.com' } });
-    expect(trackingSettingsFor(other, 'api-off', [])).toMatchObject({ track: true });
-    setTenantLookup(c, null);
+    // without a lookup, a tenant the file does not name gets the defaults
     expect(trackingSettingsFor(c, 'api-off', [])).toMatchObject({ track: true });
   });
 });
