@@ -2,7 +2,10 @@
  * The `queued` scenario: memory with a large queue. Injects `--messages` × `--recipients` recipients that
  * cannot leave, then reports the node's resident memory. Prints one JSON line.
  *
- *   npx tsx bench/queued.ts [--messages 10000] [--recipients 100] [--destination tarpit|defer]
+ *   npx tsx bench/queued.ts [--messages 10000] [--recipients 100] [--destination tarpit|defer] [--keep]
+ *
+ * --keep leaves the data directory for inspection. The output's spool_breakdown_mb says where the spool
+ * file's pages went, per sub-database.
  *
  * tarpit: the destination accepts TCP connections and never greets (everything stays queued, untried).
  * defer:  the destination answers 451 to every transaction (every recipient is deferred once: the spool also
@@ -15,11 +18,33 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startSink } from './sink.js';
 import { runLoad } from './loadgen.js';
+import { open } from 'lmdb';
 import { currentRssMb, machine, peakRssMb, rssBreakdownMb, startTern } from './relay.js';
+
+/** Where the spool file's pages went: MB per sub-database (branch + leaf + overflow pages), and the rest (free pages). */
+export function spoolBreakdownMb(file: string): Record<string, number> {
+  const root = open({ path: file, readOnly: true, maxDbs: 64 });
+  try {
+    const mb = (pages: number) => Math.round((pages * 4096) / 1024 ** 2);
+    const out: Record<string, number> = {};
+    let used = 0;
+    for (const name of root.getKeys()) {
+      if (typeof name !== 'string') continue;
+      const s = root.openDB({ name }).getStats() as { treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number; entryCount: number };
+      const pages = s.treeBranchPageCount + s.treeLeafPageCount + s.overflowPages;
+      used += pages;
+      if (mb(pages) > 0) out[`${name} (${s.entryCount} entries)`] = mb(pages);
+    }
+    out['free or unused pages'] = mb((root.getStats() as { lastPageNumber: number }).lastPageNumber - used);
+    return out;
+  } finally {
+    root.close();
+  }
+}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { messages: { type: 'string', default: '10000' }, recipients: { type: 'string', default: '100' }, destination: { type: 'string', default: 'tarpit' } },
+    options: { messages: { type: 'string', default: '10000' }, recipients: { type: 'string', default: '100' }, destination: { type: 'string', default: 'tarpit' }, keep: { type: 'boolean', default: false } },
   });
   const tarpit = values.destination === 'tarpit';
   const messages = Number(values.messages);
@@ -76,13 +101,15 @@ async function main(): Promise<void> {
       health: await fetch(`http://127.0.0.1:${tern.controlPort}/healthz`).then((r) => r.json()),
       spool_mb: Math.round(fs.statSync(path.join(dir, 'data', 'tern.lmdb')).size / 1024 ** 2),
     };
-    process.stdout.write(JSON.stringify(result) + '\n');
+    await tern.stop();
+    process.stdout.write(JSON.stringify({ ...result, spool_breakdown_mb: spoolBreakdownMb(path.join(dir, 'data', 'tern.lmdb')) }) + '\n');
   } finally {
     await tern.stop();
     await sink.close();
     held.forEach((s) => s.destroy());
     pit.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (values.keep) process.stderr.write(`spool kept in ${dir}\n`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

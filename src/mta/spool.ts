@@ -8,7 +8,7 @@
  *   spool.bodies     msgId → raw bytes (signed, CRLF, ready to send)
  *                    [msgId, i] → recipient i's own copy, for a personalised message (tracking tokens,
  *                    List-Unsubscribe): then there is no msgId entry, and each copy goes when its recipient is final
- *   spool.recipients [msgId, i] → RecipientRecord
+ *   spool.recipients [msgId, i] → StoredRecipient (a RecipientRecord without what can be derived: see below)
  *   spool.schedule   [dueAt, msgId, domain, firstIndex] → ScheduleEntry   (one per message × domain group)
  *
  * A message has at most one schedule entry per domain at a time, due at the `nextAt` of that domain's
@@ -68,6 +68,37 @@ export interface HistoryEntry {
 }
 
 export const HISTORY_LIMIT = 10;
+
+/**
+ * A recipient record as stored. A million queued recipients each have one, so it holds nothing that can be
+ * derived: `queue` comes from the message record and the address's domain, `updatedAt` is the latest history
+ * step's time (or the message's creation), and `last` is stored only when it is not the latest step's reply.
+ * Records written before this layout still carry `queue`, `updatedAt` and `last`; they are read as they are.
+ */
+interface StoredRecipient {
+  to: string;
+  status: RecipientStatus;
+  attempts: number;
+  nextAt: number | null;
+  history?: HistoryEntry[];
+  last?: string | null;
+  queue?: string;
+  updatedAt?: number;
+}
+
+/** The reply a stored record stands for (see StoredRecipient). */
+function lastOf(rec: StoredRecipient): string | null {
+  if (rec.last !== undefined) return rec.last;
+  return rec.history?.at(-1)?.response ?? null;
+}
+
+/** The stored form of a recipient's state. */
+function compact(state: Pick<RecipientRecord, 'to' | 'status' | 'attempts' | 'nextAt' | 'last' | 'history'>): StoredRecipient {
+  const rec: StoredRecipient = { to: state.to, status: state.status, attempts: state.attempts, nextAt: state.nextAt };
+  if (state.history?.length) rec.history = state.history;
+  if (state.last !== (state.history?.at(-1)?.response ?? null)) rec.last = state.last;
+  return rec;
+}
 
 interface ScheduleEntry {
   tenant: string;
@@ -152,7 +183,7 @@ export function newMessageId(now = Date.now()): string {
 export class Spool {
   private readonly messages: Database<MessageRecord, string>;
   private readonly bodies: Database<Buffer, string | [string, number]>;
-  private readonly recipients: Database<RecipientRecord, [string, number]>;
+  private readonly recipients: Database<StoredRecipient, [string, number]>;
   private readonly schedule: Database<ScheduleEntry, ScheduleKey>;
   /** depth of every scheduled queue, updated as each change commits (one pass over the index at start) */
   readonly queues = new ScheduledQueues();
@@ -165,7 +196,8 @@ export class Spool {
     this.messages = store.db('spool.messages');
     this.bodies = store.db('spool.bodies', { encoding: 'binary' });
     this.recipients = store.db('spool.recipients');
-    this.schedule = store.db('spool.schedule');
+    // an entry for a message to many recipients at one domain lists them all: compressed when over 1 KB
+    this.schedule = store.db('spool.schedule', { compressed: true });
     for (const job of this.due(null, Number.MAX_SAFE_INTEGER)) this.queues.add(job);
   }
 
@@ -241,9 +273,7 @@ export class Spool {
       if (input.bodies) input.bodies.forEach((b, i) => this.bodies.put([msgId, i], Buffer.from(b.buffer, b.byteOffset, b.byteLength)));
       else this.bodies.put(msgId, Buffer.from(input.body.buffer, input.body.byteOffset, input.body.byteLength));
       for (const job of jobs) {
-        const queue = queueName(job.tenant, campaign, job.domain);
-        for (const r of job.rcpts)
-          this.recipients.put([msgId, r.i], { to: r.to, status: 'queued', attempts: 0, nextAt: now, last: null, queue, updatedAt: now });
+        for (const r of job.rcpts) this.recipients.put([msgId, r.i], { to: r.to, status: 'queued', attempts: 0, nextAt: now });
         this.schedule.put(job.key, entryOf(job));
       }
     });
@@ -267,14 +297,27 @@ export class Spool {
 
   recipientStates(msgId: string): Array<RecipientRecord & { i: number }> {
     const out: Array<RecipientRecord & { i: number }> = [];
+    const meta = this.messages.get(msgId);
     for (const { key, value } of this.recipients.getRange({ start: [msgId, 0], end: [msgId, Number.MAX_SAFE_INTEGER] }))
-      out.push({ i: key[1], ...value });
+      out.push({ i: key[1], ...this.view(value, meta) });
     return out;
   }
 
   /** One recipient's state record. */
   recipientState(msgId: string, i: number): RecipientRecord | undefined {
-    return this.recipients.get([msgId, i]);
+    const rec = this.recipients.get([msgId, i]);
+    return rec && this.view(rec, this.messages.get(msgId));
+  }
+
+  /** A stored recipient record with what it leaves out derived again (see StoredRecipient). */
+  private view(rec: StoredRecipient, meta: MessageRecord | undefined): RecipientRecord {
+    const { queue, updatedAt, last: _, ...state } = rec;
+    return {
+      ...state,
+      last: lastOf(rec),
+      queue: queue ?? queueName(meta?.tenant ?? '?', meta?.campaign ?? '-', domainOf(rec.to)),
+      updatedAt: updatedAt ?? rec.history?.at(-1)?.at ?? meta?.createdAt ?? 0,
+    };
   }
 
   /**
@@ -286,7 +329,7 @@ export class Spool {
     const rec = this.recipients.get([msgId, i]);
     if (!rec) return false;
     const history = withStep(rec.history, { ...step, attempt: rec.attempts });
-    this.recipients.put([msgId, i], { ...rec, last: step.type === 'bounced' && step.response ? step.response : rec.last, updatedAt: step.at, history });
+    this.recipients.put([msgId, i], compact({ ...rec, last: step.type === 'bounced' && step.response ? step.response : lastOf(rec), history }));
     return true;
   }
 
@@ -334,7 +377,6 @@ export class Spool {
   private completeIn(tx: Tx, job: Job, outcomes: Outcome[], extra: Record<string, unknown>, attempted: boolean): Job | null {
     const now = Date.now();
     const byIndex = new Map(outcomes.map((o) => [o.i, o]));
-    const queue = queueName(job.tenant, job.campaign, job.domain);
     const again: JobRecipient[] = [];
     const untried: JobRecipient[] = [];
     const finals: number[] = [];
@@ -374,7 +416,7 @@ export class Spool {
       const step: HistoryEntry = { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
       if (extra.by === 'operator') step.by = 'operator';
       const history = withStep(this.recipients.get([job.msgId, r.i])?.history, step);
-      this.recipients.put([job.msgId, r.i], { to: r.to, status, attempts, nextAt, last: o.response, queue, updatedAt: now, history });
+      this.recipients.put([job.msgId, r.i], compact({ to: r.to, status, attempts, nextAt, last: o.response, history }));
       tx.event(type, {
         at: now,
         queue_id: job.msgId,
@@ -451,7 +493,7 @@ export class Spool {
           const rec = this.recipients.get([job.msgId, r.i]);
           if (!rec) continue;
           const history = withStep(rec.history, { at: now, attempt: rec.attempts, ...step });
-          this.recipients.put([job.msgId, r.i], { ...rec, nextAt: at, updatedAt: now, history });
+          this.recipients.put([job.msgId, r.i], compact({ ...rec, last: lastOf(rec), nextAt: at, history }));
         }
       });
     });

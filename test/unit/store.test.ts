@@ -1,3 +1,5 @@
+import path from 'node:path';
+import { open } from 'lmdb';
 import { describe, expect, it } from 'vitest';
 import { Store } from '../../src/core/store.js';
 import { Spool } from '../../src/mta/spool.js';
@@ -26,6 +28,63 @@ describe('store and spool', () => {
     await store.close();
   });
 
+  it('stores a run of events that differ only in rcpt as one record, and reads them back one by one from any position', async () => {
+    const dir = tempDir();
+    const store = new Store(dir);
+    const published: number[] = [];
+    store.on('events', (es) => published.push(...es.map((e) => e.seq)));
+    const shared = { queue_id: 'q1', tenant: 't', campaign: '-', attempts: 1, response: '451 4.3.2 later', next_at: 123 };
+    await store.transact((tx) => {
+      tx.event('accepted', { at: 1000, queue_id: 'q1', recipients: ['a@x.example', 'b@x.example', 'c@x.example', 'd@x.example'] });
+      for (const rcpt of ['a@x.example', 'b@x.example', 'c@x.example']) tx.event('deferred', { at: 1000, ...shared, rcpt });
+      tx.event('deferred', { at: 1000, ...shared, attempts: 2, rcpt: 'd@x.example' }); // differs in attempts: a record of its own
+      tx.event('delivered', { at: 1000, queue_id: 'q1', rcpt: 'e@x.example', mx: undefined });
+    });
+    const all = store.events();
+    expect(all.map((e) => [e.seq, e.type, e.rcpt ?? null])).toEqual([
+      [1, 'accepted', null],
+      [2, 'deferred', 'a@x.example'],
+      [3, 'deferred', 'b@x.example'],
+      [4, 'deferred', 'c@x.example'],
+      [5, 'deferred', 'd@x.example'],
+      [6, 'delivered', 'e@x.example'],
+    ]);
+    expect(all[2]).toEqual({ seq: 3, at: 1000, type: 'deferred', ...shared, rcpt: 'b@x.example' });
+    expect(all[4]!.attempts).toBe(2);
+    expect(published).toEqual([1, 2, 3, 4, 5, 6]);
+    // from inside a run, and with a limit that ends inside one
+    expect(store.events(2, 2).map((e) => e.seq)).toEqual([3, 4]);
+    expect(store.events(0, 3).map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect(store.events(6)).toEqual([]);
+    // four records hold six events; the numbers go on after a restart
+    const raw = [...store.root.openDB({ name: 'events' }).getKeys({ start: 0 })].filter((k) => typeof k === 'number');
+    expect(raw).toEqual([1, 4, 5, 6]);
+    await store.close();
+    const again = new Store(dir);
+    expect(again.lastSeq).toBe(6);
+    await again.transact((tx) => tx.event('x', {}));
+    expect(again.events(5).map((e) => e.seq)).toEqual([6, 7]);
+    expect(await again.pruneEvents(1001)).toBe(6);
+    expect(again.events().map((e) => e.seq)).toEqual([7]);
+    await again.close();
+  });
+
+  it('compresses large outbox records, and still reads the ones written before compression was turned on', async () => {
+    const dir = tempDir();
+    const recipients = Array.from({ length: 200 }, (_, i) => `user${i}@example.com`);
+    // an outbox written without compression (as before it was turned on)
+    const old = open({ path: path.join(dir, 'tern.lmdb'), maxDbs: 64 });
+    await old.openDB({ name: 'events', sharedStructuresKey: Symbol.for('structures') }).put(1, { at: 1, type: 'accepted', queue_id: 'q0', recipients });
+    await old.close();
+    const store = new Store(dir);
+    await store.transact((tx) => tx.event('accepted', { queue_id: 'q1', recipients }));
+    expect(store.events().map((e) => [e.seq, e.queue_id, (e.recipients as string[]).length])).toEqual([[1, 'q0', 200], [2, 'q1', 200]]);
+    const raw = store.root.openDB({ name: 'events', encoding: 'binary' });
+    expect((raw.getBinary(1) as Buffer).length).toBeGreaterThan(3500);
+    expect((raw.getBinary(2) as Buffer).length).toBeLessThan(2000); // 200 addresses at one domain: LZ4 makes it much smaller
+    await store.close();
+  });
+
   it('rebuilds the schedule from its index after a restart, and records per-recipient results', async () => {
     const dir = tempDir();
     let store = new Store(dir);
@@ -41,7 +100,7 @@ describe('store and spool', () => {
     ]);
     expect(spool.scheduledCount()).toBe(2);
     // a deferral moves the entry to its retry time and counts the attempt
-    const next = await spool.complete(due[0]!, [
+    let next = await spool.complete(due[0]!, [
       { i: 0, result: 'delivered', response: '250 ok' },
       { i: 2, result: 'deferred', response: '451 later' },
     ]);
@@ -52,6 +111,17 @@ describe('store and spool', () => {
       ['c@one.example', 'queued', 1],
     ]);
     expect(spool.message(msgId)!.pending).toBe(2);
+    // what is derived is not stored, and reads back the same: queue, time of the change, last reply
+    const c = spool.recipientState(msgId, 2)!;
+    expect(c).toMatchObject({ queue: 't:-@one.example', last: '451 later', nextAt: next!.key[0] });
+    expect(c.updatedAt).toBe(c.history!.at(-1)!.at);
+    const raw = store.db<Record<string, unknown>, [string, number]>('spool.recipients').get([msgId, 2])!;
+    expect(Object.keys(raw).sort()).toEqual(['attempts', 'history', 'nextAt', 'status', 'to']);
+    expect(spool.recipientState(msgId, 1)).toMatchObject({ queue: 't:-@two.example', last: null, status: 'queued' });
+    // an operator's "retry now" is a step without a reply: the last reply stays the 451
+    const [moved] = await spool.reschedule([next!], Date.now());
+    expect(spool.recipientState(msgId, 2)).toMatchObject({ last: '451 later', history: [{ type: 'deferred' }, { type: 'retried', by: 'operator' }] });
+    next = moved!;
     await spool.complete(due[1]!, [{ i: 1, result: 'failed', response: '550 no' }]);
     await spool.complete(next!, [{ i: 2, result: 'delivered', response: '250 ok' }]);
     expect(spool.body(msgId)).toBeUndefined(); // every recipient final: the body is gone
