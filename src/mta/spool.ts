@@ -10,6 +10,9 @@
  *                    List-Unsubscribe): then there is no msgId entry, and each copy goes when its recipient is final
  *   spool.recipients [msgId, i] → StoredRecipient (a RecipientRecord without what can be derived: see below)
  *   spool.schedule   [dueAt, msgId, domain, firstIndex] → ScheduleEntry   (one per message × domain group)
+ *   spool.attempts   [msgId, domain, at] → AttemptDetails: the reply, MX and source of one attempt that
+ *                    several recipients share (one transaction's 451 to 100 recipients is stored once; their
+ *                    history steps say `shared` instead of repeating it)
  *
  * A message has at most one schedule entry per domain at a time, due at the `nextAt` of that domain's
  * queued recipients: so one message's entries are found from its recipient records, without a scan.
@@ -65,7 +68,12 @@ export interface HistoryEntry {
   source?: string;
   /** set for actions that were not delivery attempts: the operator's, or warmup holding mail for a day */
   by?: 'operator' | 'warmup';
+  /** stored steps only: response, mx and source are in spool.attempts, shared with the other recipients of the attempt */
+  shared?: true;
 }
+
+/** What the recipients of one attempt share (see spool.attempts). */
+type AttemptDetails = Pick<HistoryEntry, 'response' | 'mx' | 'source'>;
 
 export const HISTORY_LIMIT = 10;
 
@@ -86,17 +94,14 @@ interface StoredRecipient {
   updatedAt?: number;
 }
 
-/** The reply a stored record stands for (see StoredRecipient). */
-function lastOf(rec: StoredRecipient): string | null {
-  if (rec.last !== undefined) return rec.last;
-  return rec.history?.at(-1)?.response ?? null;
-}
-
-/** The stored form of a recipient's state. */
-function compact(state: Pick<RecipientRecord, 'to' | 'status' | 'attempts' | 'nextAt' | 'last' | 'history'>): StoredRecipient {
+/**
+ * The stored form of a recipient's state. `latestReply` is the reply its latest history step stands for
+ * (the step's own response, or the shared one): `last` is stored only when it differs.
+ */
+function compact(state: Pick<RecipientRecord, 'to' | 'status' | 'attempts' | 'nextAt' | 'last' | 'history'>, latestReply: string | null): StoredRecipient {
   const rec: StoredRecipient = { to: state.to, status: state.status, attempts: state.attempts, nextAt: state.nextAt };
   if (state.history?.length) rec.history = state.history;
-  if (state.last !== (state.history?.at(-1)?.response ?? null)) rec.last = state.last;
+  if (state.last !== latestReply) rec.last = state.last;
   return rec;
 }
 
@@ -185,6 +190,7 @@ export class Spool {
   private readonly bodies: Database<Buffer, string | [string, number]>;
   private readonly recipients: Database<StoredRecipient, [string, number]>;
   private readonly schedule: Database<ScheduleEntry, ScheduleKey>;
+  private readonly attempts: Database<AttemptDetails, [string, string, number]>;
   /** depth of every scheduled queue, updated as each change commits (one pass over the index at start) */
   readonly queues = new ScheduledQueues();
 
@@ -198,6 +204,7 @@ export class Spool {
     this.recipients = store.db('spool.recipients');
     // an entry for a message to many recipients at one domain lists them all: compressed when over 1 KB
     this.schedule = store.db('spool.schedule', { compressed: true });
+    this.attempts = store.db('spool.attempts');
     for (const job of this.due(null, Number.MAX_SAFE_INTEGER)) this.queues.add(job);
   }
 
@@ -299,25 +306,42 @@ export class Spool {
     const out: Array<RecipientRecord & { i: number }> = [];
     const meta = this.messages.get(msgId);
     for (const { key, value } of this.recipients.getRange({ start: [msgId, 0], end: [msgId, Number.MAX_SAFE_INTEGER] }))
-      out.push({ i: key[1], ...this.view(value, meta) });
+      out.push({ i: key[1], ...this.view(msgId, value, meta) });
     return out;
   }
 
   /** One recipient's state record. */
   recipientState(msgId: string, i: number): RecipientRecord | undefined {
     const rec = this.recipients.get([msgId, i]);
-    return rec && this.view(rec, this.messages.get(msgId));
+    return rec && this.view(msgId, rec, this.messages.get(msgId));
   }
 
   /** A stored recipient record with what it leaves out derived again (see StoredRecipient). */
-  private view(rec: StoredRecipient, meta: MessageRecord | undefined): RecipientRecord {
-    const { queue, updatedAt, last: _, ...state } = rec;
+  private view(msgId: string, rec: StoredRecipient, meta: MessageRecord | undefined): RecipientRecord {
+    const { queue, updatedAt, last: _, history, ...state } = rec;
+    const domain = domainOf(rec.to);
     return {
       ...state,
-      last: lastOf(rec),
-      queue: queue ?? queueName(meta?.tenant ?? '?', meta?.campaign ?? '-', domainOf(rec.to)),
+      ...(history ? { history: history.map((step) => this.resolve(msgId, domain, step)) } : {}),
+      last: this.lastOf(msgId, rec),
+      queue: queue ?? queueName(meta?.tenant ?? '?', meta?.campaign ?? '-', domain),
       updatedAt: updatedAt ?? rec.history?.at(-1)?.at ?? meta?.createdAt ?? 0,
     };
+  }
+
+  /** A history step as it happened: a shared step gets its reply, MX and source back. */
+  private resolve(msgId: string, domain: string, step: HistoryEntry): HistoryEntry {
+    if (!step.shared) return step;
+    const { shared: _, ...rest } = step;
+    return { ...rest, ...this.attempts.get([msgId, domain, step.at]) };
+  }
+
+  /** The last reply a stored record stands for (see StoredRecipient). */
+  private lastOf(msgId: string, rec: StoredRecipient): string | null {
+    if (rec.last !== undefined) return rec.last;
+    const step = rec.history?.at(-1);
+    if (!step) return null;
+    return (step.shared ? this.resolve(msgId, domainOf(rec.to), step) : step).response ?? null;
   }
 
   /**
@@ -329,7 +353,7 @@ export class Spool {
     const rec = this.recipients.get([msgId, i]);
     if (!rec) return false;
     const history = withStep(rec.history, { ...step, attempt: rec.attempts });
-    this.recipients.put([msgId, i], compact({ ...rec, last: step.type === 'bounced' && step.response ? step.response : lastOf(rec), history }));
+    this.recipients.put([msgId, i], compact({ ...rec, last: step.type === 'bounced' && step.response ? step.response : this.lastOf(msgId, rec), history }, step.response ?? null));
     return true;
   }
 
@@ -376,6 +400,7 @@ export class Spool {
    */
   private completeIn(tx: Tx, job: Job, outcomes: Outcome[], extra: Record<string, unknown>, attempted: boolean): Job | null {
     const now = Date.now();
+    const sharedKey = this.shareDetails(job, outcomes, now);
     const byIndex = new Map(outcomes.map((o) => [o.i, o]));
     const again: JobRecipient[] = [];
     const untried: JobRecipient[] = [];
@@ -413,10 +438,10 @@ export class Spool {
       const hard = status === 'expired' ? false : o.hard;
       if ((status === 'failed' || status === 'expired') && this.onFinalFailure)
         this.onFinalFailure(tx, { tenant: job.tenant, campaign: job.campaign, rcpt: r.to, queue_id: job.msgId, status, category: category ?? null, hard: hard ?? false, action: status === 'expired' ? 'count' : (o.action ?? 'none') });
-      const step: HistoryEntry = { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
+      const step: HistoryEntry = sharedKey !== null && detailsKey(o) === sharedKey ? { at: now, type: type as HistoryEntry['type'], attempt: attempts, shared: true } : { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
       if (extra.by === 'operator') step.by = 'operator';
       const history = withStep(this.recipients.get([job.msgId, r.i])?.history, step);
-      this.recipients.put([job.msgId, r.i], compact({ to: r.to, status, attempts, nextAt, last: o.response, history }));
+      this.recipients.put([job.msgId, r.i], compact({ to: r.to, status, attempts, nextAt, last: o.response, history }, o.response));
       tx.event(type, {
         at: now,
         queue_id: job.msgId,
@@ -452,6 +477,31 @@ export class Spool {
       if (rec) this.recipients.put([job.msgId, r.i], { ...rec, nextAt: dueAt });
     }
     return next;
+  }
+
+  /**
+   * Stores the reply, MX and source that most of a job's recipients got in this attempt once, when at least
+   * two got the same (see spool.attempts). Returns its detailsKey() for the steps that refer to it, or null.
+   */
+  private shareDetails(job: Job, outcomes: Outcome[], now: number): string | null {
+    if (outcomes.length < 2) return null;
+    const counts = new Map<string, { n: number; o: Outcome }>();
+    for (const o of outcomes) {
+      const k = detailsKey(o);
+      const c = counts.get(k);
+      if (c) c.n++;
+      else counts.set(k, { n: 1, o });
+    }
+    let best: { n: number; o: Outcome } | null = null;
+    for (const c of counts.values()) if (!best || c.n > best.n) best = c;
+    if (!best || best.n < 2) return null;
+    const key: [string, string, number] = [job.msgId, job.domain, now];
+    if (this.attempts.get(key)) return null; // another result for this message and domain in the same millisecond: steps keep their own
+    const details: AttemptDetails = { response: best.o.response };
+    if (best.o.mx !== undefined) details.mx = best.o.mx;
+    if (best.o.source !== undefined) details.source = best.o.source;
+    this.attempts.put(key, details);
+    return detailsKey(best.o);
   }
 
   /** Scheduled entries due exactly between `from` and `until` (inclusive), in due order. */
@@ -493,7 +543,7 @@ export class Spool {
           const rec = this.recipients.get([job.msgId, r.i]);
           if (!rec) continue;
           const history = withStep(rec.history, { at: now, attempt: rec.attempts, ...step });
-          this.recipients.put([job.msgId, r.i], compact({ ...rec, last: lastOf(rec), nextAt: at, history }));
+          this.recipients.put([job.msgId, r.i], compact({ ...rec, last: this.lastOf(job.msgId, rec), nextAt: at, history }, null));
         }
       });
     });
@@ -550,6 +600,7 @@ export class Spool {
           for (const id of done) {
             this.messages.remove(id);
             for (const k of this.recipients.getKeys({ start: [id, 0], end: [id, Number.MAX_SAFE_INTEGER] })) this.recipients.remove(k);
+            for (const k of this.attempts.getKeys({ start: [id], end: [id, '\uffff'] })) this.attempts.remove(k);
           }
         });
       removed += done.length;
@@ -558,6 +609,9 @@ export class Spool {
     }
   }
 }
+
+/** What identifies the details an attempt's recipients may share. */
+const detailsKey = (o: Outcome) => `${o.response}\u0000${o.mx ?? ''}\u0000${o.source ?? ''}`;
 
 function withStep(history: HistoryEntry[] | undefined, step: HistoryEntry): HistoryEntry[] {
   for (const k of Object.keys(step) as Array<keyof HistoryEntry>) if (step[k] === undefined) delete step[k];

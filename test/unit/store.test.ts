@@ -85,6 +85,36 @@ describe('store and spool', () => {
     await store.close();
   });
 
+  it('stores the reply that several recipients got in one attempt once, and shows it in each history', async () => {
+    const store = new Store(tempDir());
+    const spool = new Spool(store, policy);
+    const recipients = ['a@one.example', 'b@one.example', 'c@one.example'];
+    const { msgId, jobs } = await spool.accept({ tenant: 't', sender: 's@example.com', recipients, body: Buffer.from('x\r\n'), messageId: '<m@x>', listener: 'test' });
+    const next = await spool.complete(jobs[0]!, [
+      { i: 0, result: 'deferred', response: '451 4.3.2 busy', mx: 'mx.one.example', source: 'ip1' },
+      { i: 1, result: 'deferred', response: '451 4.3.2 busy', mx: 'mx.one.example', source: 'ip1' },
+      { i: 2, result: 'failed', response: '550 5.1.1 no such user', mx: 'mx.one.example', source: 'ip1' },
+    ]);
+    const raw = store.db<{ history: Array<Record<string, unknown>>; last?: string }, [string, number]>('spool.recipients');
+    expect(raw.get([msgId, 0])!.history).toEqual([{ at: expect.any(Number), type: 'deferred', attempt: 1, shared: true }]);
+    expect(raw.get([msgId, 2])!.history[0]).toMatchObject({ response: '550 5.1.1 no such user' }); // its own reply stays with it
+    for (const i of [0, 1])
+      expect(spool.recipientState(msgId, i)).toMatchObject({ last: '451 4.3.2 busy', history: [{ type: 'deferred', response: '451 4.3.2 busy', mx: 'mx.one.example', source: 'ip1' }] });
+    expect(spool.recipientState(msgId, 0)!.history![0]).not.toHaveProperty('shared');
+    // the next attempt delivers both in one transaction: a second shared record
+    await spool.complete(next!, [0, 1].map((i) => ({ i, result: 'delivered' as const, response: '250 2.0.0 queued as X', mx: 'mx.one.example', source: 'ip1' })));
+    expect(spool.recipientStates(msgId).map((r) => [r.status, r.last, r.history!.map((h) => h.response)])).toEqual([
+      ['delivered', '250 2.0.0 queued as X', ['451 4.3.2 busy', '250 2.0.0 queued as X']],
+      ['delivered', '250 2.0.0 queued as X', ['451 4.3.2 busy', '250 2.0.0 queued as X']],
+      ['failed', '550 5.1.1 no such user', ['550 5.1.1 no such user']],
+    ]);
+    const attempts = store.db('spool.attempts');
+    expect([...attempts.getKeys({ start: [msgId] })].filter(Array.isArray)).toHaveLength(2);
+    expect(await spool.pruneFinished(Date.now() + 1)).toBe(1);
+    expect([...attempts.getKeys({ start: [msgId] })].filter(Array.isArray)).toHaveLength(0);
+    await store.close();
+  });
+
   it('rebuilds the schedule from its index after a restart, and records per-recipient results', async () => {
     const dir = tempDir();
     let store = new Store(dir);
