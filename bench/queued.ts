@@ -28,8 +28,8 @@ export function spoolBreakdownMb(file: string): Record<string, number> {
     const mb = (pages: number) => Math.round((pages * 4096) / 1024 ** 2);
     const out: Record<string, number> = {};
     let used = 0;
-    for (const name of root.getKeys()) {
-      if (typeof name !== 'string') continue;
+    const names = [...root.getKeys()].filter((k): k is string => typeof k === 'string'); // read all before opening any
+    for (const name of names) {
       const s = root.openDB({ name }).getStats() as { treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number; entryCount: number };
       const pages = s.treeBranchPageCount + s.treeLeafPageCount + s.overflowPages;
       used += pages;
@@ -102,7 +102,13 @@ async function main(): Promise<void> {
       spool_mb: Math.round(fs.statSync(path.join(dir, 'data', 'tern.lmdb')).size / 1024 ** 2),
     };
     await tern.stop();
-    process.stdout.write(JSON.stringify({ ...result, spool_breakdown_mb: spoolBreakdownMb(path.join(dir, 'data', 'tern.lmdb')) }) + '\n');
+    let breakdown: Record<string, number> | string;
+    try {
+      breakdown = spoolBreakdownMb(path.join(dir, 'data', 'tern.lmdb'));
+    } catch (err) {
+      breakdown = `could not read the spool: ${(err as Error).message}`;
+    }
+    process.stdout.write(JSON.stringify({ ...result, spool_breakdown_mb: breakdown }) + '\n');
   } finally {
     await tern.stop();
     await sink.close();
