@@ -5,6 +5,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { DEFAULT_MAX_BYTES, unknownReport, type ParseOptions, type Report } from './parse.js';
+import { threadEntry } from '../core/thread-entry.js';
 
 export interface BounceParserOptions extends ParseOptions {
   /** parsing threads (default 1; each parses one message at a time, holding up to 4 queued) */
@@ -39,7 +40,8 @@ class ParserThread {
   closed = false;
 
   constructor(
-    private readonly url: URL,
+    /** where a thread starts (see src/core/thread-entry.ts), asked at every start */
+    private readonly entry: () => URL,
     private readonly options: Required<BounceParserOptions>,
   ) {
     this.spawn();
@@ -51,7 +53,7 @@ class ParserThread {
 
   private spawn(): void {
     this.ready = false;
-    const worker = new Worker(this.url, {
+    const worker = new Worker(this.entry(), {
       workerData: { options: { maxBytes: this.options.maxBytes, maxDepth: this.options.maxDepth } },
       resourceLimits: { maxOldGenerationSizeMb: this.options.maxHeapMb },
     });
@@ -158,8 +160,9 @@ export class BounceParser {
       maxDepth: options.maxDepth ?? 12,
     };
     this.deadlineMs = opts.deadlineMs;
-    const url = new URL(import.meta.url.endsWith('.ts') ? './parse-worker-boot.mjs' : './parse-worker.js', import.meta.url);
-    this.threads = Array.from({ length: opts.threads }, () => new ParserThread(url, opts));
+    const fromSources = import.meta.url.endsWith('.ts');
+    const entry = () => threadEntry(new URL(fromSources ? './parse-worker.ts' : './parse-worker.js', import.meta.url), new URL('./parse-worker-boot.mjs', import.meta.url));
+    this.threads = Array.from({ length: opts.threads }, () => new ParserThread(entry, opts));
   }
 
   /**

@@ -5,45 +5,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { loadSigningKey, type SigningKey } from './dkim.js';
-import { keyLookup, prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
+import { loadSigningKey } from './dkim.js';
+import { prepareMessage, type PrepareInput, type Prepared, type Refusal } from './prepare.js';
+import { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './signing-keys.js';
 import { TrackingTokens } from '../tracking/tokens.js';
+import { threadEntry } from '../core/thread-entry.js';
 
-export interface KeyMaterial {
-  domain: string;
-  selector: string;
-  pem: string;
-}
-
-/** A key of a tenant's sending domain (control API): it signs that tenant's mail only. */
-export interface TenantKeyMaterial extends KeyMaterial {
-  tenant: string;
-}
-
-/**
- * Which keys sign a message: those of the tenant's own sending domains for its From domain (or a parent),
- * else the node's dkim.keys. Each preparation thread holds one; setTenantKeys replaces the tenants' part.
- */
-export class SigningKeys {
-  private readonly node: (domain: string) => SigningKey[];
-  private byTenant = new Map<string, (domain: string) => SigningKey[]>();
-
-  constructor(nodeKeys: KeyMaterial[], tenantKeys: TenantKeyMaterial[] = []) {
-    this.node = keyLookup(nodeKeys.map((k) => loadSigningKey(k.domain, k.selector, k.pem)));
-    this.setTenantKeys(tenantKeys);
-  }
-
-  setTenantKeys(keys: TenantKeyMaterial[]): void {
-    const grouped = new Map<string, SigningKey[]>();
-    for (const k of keys) grouped.set(k.tenant, [...(grouped.get(k.tenant) ?? []), loadSigningKey(k.domain, k.selector, k.pem)]);
-    this.byTenant = new Map([...grouped].map(([tenant, list]) => [tenant, keyLookup(list)]));
-  }
-
-  for(tenant: string): (fromDomain: string) => SigningKey[] {
-    const own = this.byTenant.get(tenant);
-    return own ? (d) => { const k = own(d); return k.length ? k : this.node(d); } : this.node;
-  }
-}
+export { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './signing-keys.js';
 
 export function readKeyMaterial(keys: Array<{ domain: string; selector: string; keyFile: string }>): KeyMaterial[] {
   return keys.map((k) => {
@@ -73,7 +41,8 @@ class PreparerThread {
   private closing = false;
 
   constructor(
-    private readonly url: URL,
+    /** where a thread starts (see src/core/thread-entry.ts), asked at every start */
+    private readonly entry: () => URL,
     private readonly keys: KeyMaterial[],
     private readonly tenantKeys: () => TenantKeyMaterial[],
     private readonly trackingKeys: string[],
@@ -83,7 +52,7 @@ class PreparerThread {
 
   /** Starts the thread; one that dies unexpectedly fails its pending messages (the clients get a 451) and is replaced. */
   private spawn(): void {
-    const worker = new Worker(this.url, { workerData: { keys: this.keys, tenantKeys: this.tenantKeys(), trackingKeys: this.trackingKeys } });
+    const worker = new Worker(this.entry(), { workerData: { keys: this.keys, tenantKeys: this.tenantKeys(), trackingKeys: this.trackingKeys } });
     worker.on('message', ({ id, result, error }: { id: number; result?: Prepared | Refusal; error?: string }) => {
       const p = this.pending.get(id);
       if (!p) return;
@@ -121,10 +90,11 @@ export function createPreparer(keys: KeyMaterial[], threads: number, trackingKey
     return { prepare: async (input) => prepareMessage(input, signing.for(input.tenant), tokens), close: async () => {}, threads: () => [], setTenantKeys: (k) => signing.setTenantKeys(k) };
   }
   const count = threads || os.availableParallelism();
-  const url = new URL(import.meta.url.endsWith('.ts') ? './prepare-worker-boot.mjs' : './prepare-worker.js', import.meta.url);
+  const fromSources = import.meta.url.endsWith('.ts');
+  const entry = () => threadEntry(new URL(fromSources ? './prepare-worker.ts' : './prepare-worker.js', import.meta.url), new URL('./prepare-worker-boot.mjs', import.meta.url));
   let tenantKeys: TenantKeyMaterial[] = [];
   const trackingHex = trackingKeys.map((k) => k.toString('hex'));
-  const pool = Array.from({ length: count }, () => new PreparerThread(url, keys, () => tenantKeys, trackingHex));
+  const pool = Array.from({ length: count }, () => new PreparerThread(entry, keys, () => tenantKeys, trackingHex));
   let nextId = 0;
   return {
     prepare(input) {

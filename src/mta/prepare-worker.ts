@@ -1,7 +1,7 @@
 /** Worker thread body for message preparation: keys are loaded once per thread. */
 import { parentPort, workerData } from 'node:worker_threads';
 import { prepareMessage, type PrepareInput } from './prepare.js';
-import { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './prepare-pool.js';
+import { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './signing-keys.js';
 import { TrackingTokens } from '../tracking/tokens.js';
 
 const data = workerData as { keys: KeyMaterial[]; tenantKeys: TenantKeyMaterial[]; trackingKeys: string[] };
