@@ -38,17 +38,29 @@ export function loadSigningKey(domain: string, selector: string, pem: string): S
   return { domain: domain.toLowerCase(), selector, algorithm: type === 'rsa' ? 'rsa-sha256' : 'ed25519-sha256', key };
 }
 
-/** Relaxed body canonicalization over a latin1 view of the bytes. */
+/**
+ * The places relaxed body canonicalization (RFC 6376 §3.4.4) changes: white space before a line end or at the
+ * very end (dropped), a run of it or a tab (one space). A single space between words, by far the most common
+ * white space, is not one of them.
+ */
+const RELAXED_BODY_CHANGES = /[ \t]+\r\n|[ \t]+$|[ \t]{2,}|\t/g;
+
+/** Relaxed body canonicalization over a latin1 view of the bytes; empty lines at the end are ignored. */
 export function relaxedBody(body: string): string {
-  // most bodies have no tab, no run of spaces and no space before a line end: then only the end changes
-  const c = /\t| [ \r]| $/.test(body) ? body.replace(/[ \t]+\r\n/g, '\r\n').replace(/[ \t]+/g, ' ').replace(/[ \t]+$/, '') : body;
-  const trimmed = c.replace(/(?:\r\n)+$/, '');
-  return trimmed.length ? trimmed + '\r\n' : '';
+  // most bodies have nothing to change but the end; the others are rewritten at their few odd places only
+  // (rewriting every run of white space, single spaces included, took 3x as long on ordinary text)
+  const c = /\t| [ \r]| $/.test(body)
+    ? body.replace(RELAXED_BODY_CHANGES, (m: string, offset: number) => (m.endsWith('\r\n') ? '\r\n' : offset + m.length === body.length ? '' : ' '))
+    : body;
+  let end = c.length;
+  while (end >= 2 && c.charCodeAt(end - 2) === 13 && c.charCodeAt(end - 1) === 10) end -= 2;
+  return end ? c.slice(0, end) + '\r\n' : '';
 }
 
 /** Relaxed header canonicalization of one field (name and raw value, folded lines allowed). */
 export function relaxedHeader(name: string, value: string): string {
-  return `${name.trim().toLowerCase()}:${value.replace(/\r\n(?=[ \t])/g, '').replace(/[ \t]+/g, ' ').trim()}\r\n`;
+  // (a single space is left as it is: only runs and tabs become one space)
+  return `${name.trim().toLowerCase()}:${value.replace(/\r\n(?=[ \t])/g, '').replace(/[ \t]{2,}|\t/g, ' ').trim()}\r\n`;
 }
 
 /** Picks header instances the way a verifier does: for each name in h=, the next unused one from the bottom. */
