@@ -31,17 +31,22 @@ export function threadEntry(entry: URL, fallback: URL): URL {
   const st = fs.lstatSync(dir);
   // someone else's directory (or a link to one) could hold code of theirs: start the slow, safe way
   if (!st.isDirectory() || (process.getuid && st.uid !== process.getuid()) || (st.mode & 0o022) !== 0) return fallback;
-  const result = buildSync({
-    entryPoints: [fileURLToPath(entry)],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    write: false,
-    logLevel: 'silent',
-    // CommonJS dependencies inside an ES module bundle still call require()
-    banner: { js: "import { createRequire as __ternCreateRequire } from 'node:module'; const require = __ternCreateRequire(import.meta.url);" },
-  });
+  let result;
+  try {
+    result = buildSync({
+      entryPoints: [fileURLToPath(entry)],
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      write: false,
+      logLevel: 'silent',
+      // CommonJS dependencies inside an ES module bundle still call require()
+      banner: { js: "import { createRequire as __ternCreateRequire } from 'node:module'; const require = __ternCreateRequire(import.meta.url);" },
+    });
+  } catch {
+    return fallback; // no esbuild binary for this platform: the thread loads tsx itself
+  }
   const code = result.outputFiles[0]!.contents;
   const hash = crypto.createHash('sha256').update(code).digest('hex').slice(0, 16);
   const file = path.join(dir, `${path.basename(entry.pathname, '.ts')}-${hash}.mjs`);
