@@ -14,7 +14,7 @@ import { TernNode } from '../src/node.js';
 import { TrackingTokens } from '../src/tracking/tokens.js';
 import type { TernEvent } from '../src/core/store.js';
 import { controlApi } from './support/control.js';
-import { freePort, startTestNode, tempDir, testConfigDoc } from './support/node.js';
+import { freePort, startTestNode, tempDir, testConfigDoc, eventsWhere, waitForEvents as waitForEventsIn } from './support/node.js';
 import { startReceiver, type Receiver } from './support/webhook-receiver.js';
 
 const TOKEN = 'glue-test-operator-token-0123';
@@ -29,16 +29,8 @@ let call: ReturnType<typeof controlApi>;
 const logLines: Array<Record<string, unknown>> = [];
 
 const op = (method: string, path: string, body?: unknown) => call(method, path, { token: TOKEN, body });
-const events = (pred: (e: TernEvent) => boolean) => node.store.events(0, 100_000).filter(pred);
-async function waitForEvents(pred: (e: TernEvent) => boolean, count = 1, timeoutMs = 15_000): Promise<TernEvent[]> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const found = events(pred);
-    if (found.length >= count) return found;
-    if (Date.now() > until) throw new Error(`expected ${count} matching events, found ${found.length}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const events = (pred: (e: TernEvent) => boolean) => eventsWhere(node.store, pred);
+const waitForEvents = (pred: (e: TernEvent) => boolean, count?: number) => waitForEventsIn(node.store, pred, count);
 
 async function delivered(messageId: string, count = 1) {
   await sink.waitFor(() => (sink.idCounts.get(messageId) ?? 0) >= count, 15_000);

@@ -7,10 +7,10 @@ import https from 'node:https';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
-import { generate } from 'selfsigned';
 import { startSink, type Sink } from '../bench/sink.js';
 import { startDnsServer, type DnsServer, type ZoneRecord } from './support/dns-server.js';
 import { freePort, shapingFile, startTestNode, tempDir } from './support/node.js';
+import { testCa } from './support/tls.js';
 import type { TernNode } from '../src/node.js';
 import type { TernEvent } from '../src/core/store.js';
 import { fetchPolicyText } from '../src/mta/mta-sts.js';
@@ -57,29 +57,8 @@ const ODD_HOSTS: Record<string, (res: import('node:http').ServerResponse) => voi
 };
 
 beforeAll(async () => {
-  const ca = await generate([{ name: 'commonName', value: 'Tern Test CA' }], {
-    // RSA: selfsigned 5.5 fails to sign with EC keys ("Cannot get schema for 'AlgorithmIdentifier'")
-    keyType: 'rsa',
-    keySize: 2048,
-    algorithm: 'sha256',
-    extensions: [
-      { name: 'basicConstraints', cA: true, critical: true },
-      { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    ],
-  });
-  const leaf = (names: string[]) =>
-    generate([{ name: 'commonName', value: names[0]! }], {
-      keyType: 'rsa',
-      keySize: 2048,
-      algorithm: 'sha256',
-      ca: { key: ca.private, cert: ca.cert },
-      extensions: [
-        { name: 'basicConstraints', cA: false },
-        { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
-        { name: 'extKeyUsage', serverAuth: true },
-        { name: 'subjectAltName', altNames: names.map((value) => ({ type: 2 as const, value })) },
-      ],
-    });
+  const ca = await testCa();
+  const leaf = ca.leaf;
   const caFile = path.join(tempDir('tern-ca-'), 'ca.pem');
   fs.writeFileSync(caFile, ca.cert);
   caPem = ca.cert;

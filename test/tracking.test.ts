@@ -11,7 +11,7 @@ import { simpleParser } from 'mailparser';
 import { Parser } from 'htmlparser2';
 import { dkimVerify } from 'mailauth/lib/dkim/verify.js';
 import { startSink, type Sink } from '../bench/sink.js';
-import { freePort, startTestNode, tempDir } from './support/node.js';
+import { freePort, startTestNode, tempDir, eventsWhere, waitForEvents as waitForEventsIn } from './support/node.js';
 import { generateDkimKey } from '../src/mta/dkim.js';
 import { TrackingTokens } from '../src/tracking/tokens.js';
 import { PIXEL } from '../src/tracking/server.js';
@@ -30,16 +30,8 @@ let dkimTxt: string;
 
 const transport = () => nodemailer.createTransport({ host: '127.0.0.1', port: node.ports.submission, auth: { user: 'tenant1', pass: 'secret-1' }, ignoreTLS: true });
 
-const events = (pred: (e: TernEvent) => boolean) => node.store.events(0, 100_000).filter(pred);
-async function waitForEvents(pred: (e: TernEvent) => boolean, count = 1, timeoutMs = 15_000): Promise<TernEvent[]> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const found = events(pred);
-    if (found.length >= count) return found;
-    if (Date.now() > until) throw new Error(`expected ${count} matching events, found ${found.length}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const events = (pred: (e: TernEvent) => boolean) => eventsWhere(node.store, pred);
+const waitForEvents = (pred: (e: TernEvent) => boolean, count?: number) => waitForEventsIn(node.store, pred, count);
 
 /** The links of an HTML document in order, as a browser reads them (attributes decoded). */
 function anchors(html: string): Array<{ href: string; attribs: Record<string, string> }> {

@@ -6,12 +6,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { generate } from 'selfsigned';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import nodemailer from 'nodemailer';
 import { startSink, type Sink } from '../bench/sink.js';
 import { startDnsServer, type DnsServer } from './support/dns-server.js';
 import { startTestNode, tempDir } from './support/node.js';
+import { testCa } from './support/tls.js';
 import { startReceiver, type ReceivedEvent, type Receiver } from './support/webhook-receiver.js';
 import { EVENT_TYPES } from '../src/events/types.js';
 import { publicEvent, type EndpointStatus } from '../src/events/webhooks.js';
@@ -348,28 +348,8 @@ describe('where webhooks may go', () => {
   });
 
   it('posts over https to the checked address, with the host name in Host, SNI and the certificate check', async () => {
-    const ca = await generate([{ name: 'commonName', value: 'Tern Test CA' }], {
-      keyType: 'rsa',
-      keySize: 2048,
-      algorithm: 'sha256',
-      extensions: [
-        { name: 'basicConstraints', cA: true, critical: true },
-        { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-      ],
-    });
-    const leaf = (name: string) =>
-      generate([{ name: 'commonName', value: name }], {
-        keyType: 'rsa',
-        keySize: 2048,
-        algorithm: 'sha256',
-        ca: { key: ca.private, cert: ca.cert },
-        extensions: [
-          { name: 'basicConstraints', cA: false },
-          { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
-          { name: 'extKeyUsage', serverAuth: true },
-          { name: 'subjectAltName', altNames: [{ type: 2 as const, value: name }] },
-        ],
-      });
+    const ca = await testCa();
+    const leaf = (name: string) => ca.leaf([name]);
     const caFile = path.join(tempDir('tern-ca-'), 'ca.pem');
     fs.writeFileSync(caFile, ca.cert);
     const good = await leaf('hook.tern.test');

@@ -8,6 +8,7 @@ import YAML from 'yaml';
 import { pino } from 'pino';
 import { buildConfig } from '../../src/core/config.js';
 import { TernNode } from '../../src/node.js';
+import type { Store, TernEvent } from '../../src/core/store.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '..', '..');
 
@@ -97,4 +98,20 @@ export function shapingFile(doc: { default?: object; providers?: object[]; domai
 export function writeYaml(file: string, doc: unknown): string {
   fs.writeFileSync(file, YAML.stringify(doc));
   return file;
+}
+
+/** The node's events (all of the outbox) that match. */
+export function eventsWhere(store: Store, pred: (e: TernEvent) => boolean): TernEvent[] {
+  return store.events(0, 100_000).filter(pred);
+}
+
+/** Waits until at least `count` events match, and returns them. */
+export async function waitForEvents(store: Store, pred: (e: TernEvent) => boolean, count = 1, timeoutMs = 15_000): Promise<TernEvent[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const found = eventsWhere(store, pred);
+    if (found.length >= count) return found;
+    if (Date.now() > until) throw new Error(`expected ${count} matching events, found ${found.length}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
