@@ -89,16 +89,7 @@ export function attributeReport(report: Pick<Report, 'envelopeCandidates' | 'ori
 export interface ReportLine {
   file: string;
   kind: Report['kind'];
-  recipients: Array<{
-    address: string | null;
-    action: string | null;
-    status: string | null;
-    reply_code: number | null;
-    diagnostic: string | null;
-    remote_mta: string | null;
-    category: string;
-    hard: boolean;
-  }>;
+  recipients: Array<Omit<ReportRecipient, 'original_recipient'> & { category: string; hard: boolean }>;
   feedback: { type: string | null; user_agent: string | null; original_rcpt: string | null } | null;
   attribution: Attribution | null;
 }

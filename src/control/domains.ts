@@ -22,7 +22,7 @@ import type { Database } from 'lmdb';
 import type { Config } from '../core/config.js';
 import type { Store, Tx } from '../core/store.js';
 import { dnsRecordFor } from '../mta/dkim.js';
-import type { TenantKeyMaterial } from '../mta/prepare-pool.js';
+import type { TenantKeyMaterial } from '../mta/signing-keys.js';
 import { checkDomain, type CheckResult, type DnsRecordSpec, type EgressSourceInfo, type Resolve } from './domain-checks.js';
 import type { Secrets } from './secrets.js';
 import type { SendingRefusal, TenantDirectory } from './tenants.js';

@@ -11,8 +11,6 @@ import { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './signing
 import { TrackingTokens } from '../tracking/tokens.js';
 import { threadEntry } from '../core/thread-entry.js';
 
-export { SigningKeys, type KeyMaterial, type TenantKeyMaterial } from './signing-keys.js';
-
 export function readKeyMaterial(keys: Array<{ domain: string; selector: string; keyFile: string }>): KeyMaterial[] {
   return keys.map((k) => {
     const pem = fs.readFileSync(k.keyFile, 'utf8');

@@ -318,14 +318,15 @@ export class Spool {
 
   /** A stored recipient record with what it leaves out derived again (see StoredRecipient). */
   private view(msgId: string, rec: StoredRecipient, meta: MessageRecord | undefined): RecipientRecord {
-    const { queue, updatedAt, last: _, history, ...state } = rec;
+    const { queue, updatedAt, last, history, ...state } = rec;
     const domain = domainOf(rec.to);
+    const steps = history?.map((step) => this.resolve(msgId, domain, step));
     return {
       ...state,
-      ...(history ? { history: history.map((step) => this.resolve(msgId, domain, step)) } : {}),
-      last: this.lastOf(msgId, rec),
+      ...(steps ? { history: steps } : {}),
+      last: last !== undefined ? last : (steps?.at(-1)?.response ?? null),
       queue: queue ?? queueName(meta?.tenant ?? '?', meta?.campaign ?? '-', domain),
-      updatedAt: updatedAt ?? rec.history?.at(-1)?.at ?? meta?.createdAt ?? 0,
+      updatedAt: updatedAt ?? steps?.at(-1)?.at ?? meta?.createdAt ?? 0,
     };
   }
 
@@ -400,7 +401,7 @@ export class Spool {
    */
   private completeIn(tx: Tx, job: Job, outcomes: Outcome[], extra: Record<string, unknown>, attempted: boolean): Job | null {
     const now = Date.now();
-    const sharedKey = this.shareDetails(job, outcomes, now);
+    const shared = this.shareDetails(job, outcomes, now);
     const byIndex = new Map(outcomes.map((o) => [o.i, o]));
     const again: JobRecipient[] = [];
     const untried: JobRecipient[] = [];
@@ -438,7 +439,7 @@ export class Spool {
       const hard = status === 'expired' ? false : o.hard;
       if ((status === 'failed' || status === 'expired') && this.onFinalFailure)
         this.onFinalFailure(tx, { tenant: job.tenant, campaign: job.campaign, rcpt: r.to, queue_id: job.msgId, status, category: category ?? null, hard: hard ?? false, action: status === 'expired' ? 'count' : (o.action ?? 'none') });
-      const step: HistoryEntry = sharedKey !== null && detailsKey(o) === sharedKey ? { at: now, type: type as HistoryEntry['type'], attempt: attempts, shared: true } : { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
+      const step: HistoryEntry = shared?.has(r.i) ? { at: now, type: type as HistoryEntry['type'], attempt: attempts, shared: true } : { at: now, type: type as HistoryEntry['type'], attempt: attempts, response: o.response, mx: o.mx, source: o.source };
       if (extra.by === 'operator') step.by = 'operator';
       const history = withStep(this.recipients.get([job.msgId, r.i])?.history, step);
       this.recipients.put([job.msgId, r.i], compact({ to: r.to, status, attempts, nextAt, last: o.response, history }, o.response));
@@ -481,27 +482,25 @@ export class Spool {
 
   /**
    * Stores the reply, MX and source that most of a job's recipients got in this attempt once, when at least
-   * two got the same (see spool.attempts). Returns its detailsKey() for the steps that refer to it, or null.
+   * two got the same (see spool.attempts). Returns the indices of the recipients whose steps refer to it.
    */
-  private shareDetails(job: Job, outcomes: Outcome[], now: number): string | null {
+  private shareDetails(job: Job, outcomes: Outcome[], now: number): Set<number> | null {
     if (outcomes.length < 2) return null;
-    const counts = new Map<string, { n: number; o: Outcome }>();
+    const groups = new Map<string, Outcome[]>();
     for (const o of outcomes) {
-      const k = detailsKey(o);
-      const c = counts.get(k);
-      if (c) c.n++;
-      else counts.set(k, { n: 1, o });
+      const k = `${o.response}\u0000${o.mx ?? ''}\u0000${o.source ?? ''}`;
+      const g = groups.get(k);
+      if (g) g.push(o);
+      else groups.set(k, [o]);
     }
-    let best: { n: number; o: Outcome } | null = null;
-    for (const c of counts.values()) if (!best || c.n > best.n) best = c;
-    if (!best || best.n < 2) return null;
+    let best: Outcome[] = [];
+    for (const g of groups.values()) if (g.length > best.length) best = g;
+    if (best.length < 2) return null;
     const key: [string, string, number] = [job.msgId, job.domain, now];
     if (this.attempts.get(key)) return null; // another result for this message and domain in the same millisecond: steps keep their own
-    const details: AttemptDetails = { response: best.o.response };
-    if (best.o.mx !== undefined) details.mx = best.o.mx;
-    if (best.o.source !== undefined) details.source = best.o.source;
-    this.attempts.put(key, details);
-    return detailsKey(best.o);
+    const { response, mx, source } = best[0]!;
+    this.attempts.put(key, { response, ...(mx !== undefined ? { mx } : {}), ...(source !== undefined ? { source } : {}) });
+    return new Set(best.map((o) => o.i));
   }
 
   /** Scheduled entries due exactly between `from` and `until` (inclusive), in due order. */
@@ -609,9 +608,6 @@ export class Spool {
     }
   }
 }
-
-/** What identifies the details an attempt's recipients may share. */
-const detailsKey = (o: Outcome) => `${o.response}\u0000${o.mx ?? ''}\u0000${o.source ?? ''}`;
 
 function withStep(history: HistoryEntry[] | undefined, step: HistoryEntry): HistoryEntry[] {
   for (const k of Object.keys(step) as Array<keyof HistoryEntry>) if (step[k] === undefined) delete step[k];
