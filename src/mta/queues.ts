@@ -750,19 +750,21 @@ export class Scheduler {
       // the connection went away: the rest were not tried and stay queued without an attempt counted
       if (!conn.usable) break;
       let sender = first.sender;
-      let data = copies ? copies.get(group[0]!.r.i) : body!;
+      const data = copies ? copies.get(group[0]!.r.i) : body!;
       if (!data) {
         for (const { job, r } of group) record(job, { i: r.i, result: 'failed', response: '554 5.3.0 This recipient\'s copy of the message is missing from the spool', source });
         continue;
       }
+      let content: Buffer | Buffer[] = data;
       if (verp) {
         const i = group[0]!.r.i;
         sender = verp.encode(first.msgId, i, this.bounceDomainOf(first.tenant));
-        data = Buffer.concat([Buffer.from(`X-Tern-Ref: ${verp.ref(first.msgId, i)}\r\n`, 'latin1'), data]);
+        content = [Buffer.from(`X-Tern-Ref: ${verp.ref(first.msgId, i)}\r\n`, 'latin1'), data];
       }
       const utf8 = /[^\x00-\x7f]/.test(sender) || group.some(({ r }) => /[^\x00-\x7f]/.test(r.to));
       try {
-        const result = await conn.send(sender, group.map(({ r }) => r.to), data, { utf8, size: data.length });
+        const size = Array.isArray(content) ? content[0]!.length + data.length : data.length;
+        const result = await conn.send(sender, group.map(({ r }) => r.to), content, { utf8, size });
         const accepted = new Set(result.accepted.map((a) => a.toLowerCase()));
         for (const { job, r } of group) {
           const refusal = result.rejected.get(r.to);
