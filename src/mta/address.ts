@@ -43,11 +43,19 @@ interface ParsedAddress {
   group?: ParsedAddress[];
 }
 
+/** One mailbox, with at most a display name of letters, digits and spaces: group 1 or 2 is the address. */
+const PLAIN_MAILBOX = /^(?:[A-Za-z0-9 ]*<([^<>\s",;:()[\]\\]+)>|([^<>\s",;:()[\]\\]+))$/;
+
 /**
  * Checks an address-list header value (From, To, Cc, Reply-To, Sender…). Returns the mailboxes it names or
  * a sentence saying what is wrong.
  */
 export function parseAddressHeader(value: string, opts: { utf8: boolean; allowGroups: boolean; single?: boolean }): { addresses: string[] } | { error: string } {
+  // most headers name one mailbox plainly ("Name <a@b>", "<a@b>", "a@b"): read without the general parser,
+  // which costs as much as the rest of a message's checks; anything else (or invalid) takes the full path
+  const plain = PLAIN_MAILBOX.exec(value);
+  const address = plain?.[1] ?? plain?.[2];
+  if (address && isValidAddress(address, opts.utf8)) return { addresses: [address] };
   const parsed = addressparser(value) as ParsedAddress[];
   const addresses: string[] = [];
   const visit = (entries: ParsedAddress[], inGroup: boolean): string | null => {

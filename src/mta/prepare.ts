@@ -94,7 +94,8 @@ function checkAddresses(fields: HeaderField[], utf8: boolean): Refusal | { fromD
   for (const f of fields) {
     const rule = ADDRESS_HEADERS[f.lname];
     if (!rule) continue;
-    const value = Buffer.from(f.value, 'latin1').toString('utf8').replace(/\r\n(?=[ \t])/g, '').trim();
+    const raw = /[^\x00-\x7f]/.test(f.value) ? Buffer.from(f.value, 'latin1').toString('utf8') : f.value;
+    const value = raw.replace(/\r\n(?=[ \t])/g, '').trim();
     if (!value && (f.lname === 'bcc' || f.lname === 'cc' || f.lname === 'to')) continue;
     const parsed = parseAddressHeader(value, { utf8, ...rule });
     if ('error' in parsed) return refuse(550, '5.6.0', `${f.name} header: ${parsed.error}`);
@@ -179,7 +180,7 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
     const copy = plan.forRecipient(i);
     return signedCopy(copy.fields, copy.body, keys, now);
   });
-  const message = personal?.[0] ?? Buffer.from(dkimSignatures(kept, body, keys, now) + joinMessage(kept, body), 'latin1');
+  const message = personal?.[0] ?? withBody(dkimSignatures(kept, body, keys, now) + joinMessage(kept, ''), input.raw, body.length);
   return {
     ok: true,
     message,
@@ -190,6 +191,17 @@ export function prepareMessage(input: PrepareInput, keysFor: (fromDomain: string
     campaign: tern.campaign,
     stream: tern.stream,
   };
+}
+
+/**
+ * The new header block followed by the message's own body bytes (the last `bodyLength` bytes of `raw`), in a
+ * buffer of its own: the body is copied as bytes, never turned back from text.
+ */
+function withBody(head: string, raw: Uint8Array, bodyLength: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(head.length + bodyLength);
+  out.write(head, 0, 'latin1');
+  out.set(raw.subarray(raw.byteLength - bodyLength), head.length);
+  return out;
 }
 
 /** A signed recipient's copy, in a buffer of its own so that it moves between threads without a copy. */
