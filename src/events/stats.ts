@@ -76,6 +76,11 @@ export function addCounts(into: Counts, from: Counts): Counts {
 }
 
 const BATCH = 2000;
+/**
+ * Counting waits this long after it is woken, so that a busy node counts thousands of events in one transaction
+ * rather than a few in each of hundreds (a request calls catchUp() and sees its own sends at once regardless).
+ */
+const GATHER_MS = 250;
 
 export class SendingStats {
   private readonly aggregates: Database<Counts, [string, string, string, string]>;
@@ -115,6 +120,7 @@ export class SendingStats {
         await new Promise((r) => setTimeout(r, 1000));
       }
       await this.follower!.wait(60_000);
+      if (!this.stopped) await new Promise((r) => setTimeout(r, GATHER_MS));
     }
   }
 
