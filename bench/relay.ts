@@ -3,13 +3,17 @@
  * When Postfix is installed the same load is relayed through a private Postfix to the same sink (plain, and
  * with OpenDKIM when installed), so the comparison is one command:
  *
- *   npm run bench -- [--count 20000] [--size 5120] [--connections 50] [--site-connections 50] [--no-dkim] [--no-postfix] [--log info]
+ *   npm run bench -- [--count 20000] [--size 5120] [--connections 100] [--site-connections 100] [--no-dkim] [--no-postfix] [--log info]
  *
  * --connections is the generator's concurrency; --site-connections the relay's outbound concurrency to the
- * sink (Tern's shaping `connections` and Postfix's destination concurrency limit alike).
+ * sink (Tern's shaping `connections` and Postfix's destination concurrency limit alike). 100 each by default:
+ * a message spends ≈ 25–30 ms in the relay on this 2-core machine (its spool group commit alone ≈ 10 ms), so
+ * 50 sessions on either side left ≈ 10 % of the CPU idle (bench/RESULTS.md, 2026-12-04). The bench node
+ * accepts that many sessions from the generator's one address (`max_connections_per_ip`).
  *
  * For investigations: TERN_NODE_ARGS passes flags to the node process ("--cpu-prof"), TERN_DKIM_WORKERS sets
- * its signing threads, TERN_SHOW_METRICS=1 prints its spool commit latency histograms to stderr.
+ * its signing threads, TERN_SHOW_METRICS=1 prints its spool commit latency histograms to stderr, TERN_STDERR=1
+ * passes the node's own stderr through.
  *
  * Tern runs as its own process (`tern start`, as an operator runs it), with an RSA-2048 DKIM key for the
  * sender domain and the spool fsynced before every 250. The generator and the sink share this process.
@@ -162,7 +166,8 @@ export async function startTern(opts: { sinkPort: number; dkim: boolean; logLeve
     data_dir: path.join(opts.dir, 'data'),
     log: { level: opts.logLevel, file: path.join(opts.dir, 'tern.log') },
     // inbound on any free port: the default (2525) is the sink's default too, and benchmarks run several nodes
-    listeners: { submission: { host: '127.0.0.1', port }, control: { host: '127.0.0.1', port: controlPort }, inbound: { host: '127.0.0.1', port: 0 } },
+    // the generator opens all its sessions from one address
+    listeners: { submission: { host: '127.0.0.1', port, max_connections_per_ip: 1000 }, control: { host: '127.0.0.1', port: controlPort }, inbound: { host: '127.0.0.1', port: 0 } },
     smtp_users: [{ username: 'bench', password: 'bench-password', tenant: 'default' }],
     routes: [{ domain: '*.tern.test', host: '127.0.0.1', port: opts.sinkPort }],
     dkim: { keys, ...(process.env.TERN_DKIM_WORKERS ? { workers: Number(process.env.TERN_DKIM_WORKERS) } : {}) },
@@ -185,7 +190,7 @@ export async function spawnTern(dir: string, config: Record<string, unknown>): P
   const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'start', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout.on('data', (d) => (out += d));
-  proc.stderr.on('data', (d) => (out += d));
+  proc.stderr.on('data', (d) => { out += d; if (process.env.TERN_STDERR) process.stderr.write(d); });
   const exited = new Promise((r) => proc.on('exit', r));
   const until = Date.now() + 30_000;
   while (!/Tern is running/.test(out)) {
@@ -206,8 +211,8 @@ async function main(): Promise<void> {
     options: {
       count: { type: 'string', default: '20000' },
       size: { type: 'string', default: '5120' },
-      connections: { type: 'string', default: '50' },
-      'site-connections': { type: 'string', default: '50' },
+      connections: { type: 'string', default: '100' },
+      'site-connections': { type: 'string', default: '100' },
       'no-dkim': { type: 'boolean', default: false },
       'no-postfix': { type: 'boolean', default: false },
       log: { type: 'string', default: 'info' },
