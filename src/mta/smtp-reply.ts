@@ -18,9 +18,13 @@ if (!proto.__ternPatched) {
   const original = proto.send;
   proto.send = function (this: { _socket?: net.Socket }, code, data, context) {
     const socket = this._socket;
-    if (socket && !socket.writableCorked && code !== 220 && code !== 221 && code !== 421) {
-      socket.cork();
-      process.nextTick(uncork, socket);
+    if (socket) {
+      if (code === 220 || code === 221 || code === 421) {
+        if (socket.writableCorked) socket.uncork(); // what was gathered goes first, this one right behind it
+      } else if (!socket.writableCorked) {
+        socket.cork();
+        process.nextTick(uncork, socket);
+      }
     }
     return original.call(this, code, data, typeof data === 'string' && ENHANCED.test(data) ? false : context);
   };
