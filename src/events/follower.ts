@@ -4,7 +4,10 @@
  * wakes it. So a subscriber that falls behind costs no memory, and one that is caught up sees each event as
  * soon as its transaction commits.
  *
- * While caught up, events that do not match are passed over without a read (the signal carries them).
+ * While caught up, events that do not match are passed over without a read (the signal carries them), and
+ * those that do are kept from the signal (up to BUFFERED_MAX, in order, with no gap after the position) so
+ * that the next read takes them from memory instead of reading back and decoding what was just written.
+ * Events are shared between followers this way: subscribers must not change them.
  */
 import type { Store, TernEvent } from '../core/store.js';
 
@@ -31,6 +34,8 @@ function follow(store: Store, f: OutboxFollower): void {
 
 /** most outbox entries one read() examines, so a long stretch of other tenants' events never blocks the loop */
 const SCAN_PER_READ = 5000;
+/** most signalled events a follower keeps for its next read; past that (a follower far behind) it reads the outbox */
+const BUFFERED_MAX = 10_000;
 
 export class OutboxFollower {
   /** the last event number examined */
@@ -39,6 +44,8 @@ export class OutboxFollower {
   private signalled = false;
   private wakeUp: (() => void) | null = null;
   private closed = false;
+  /** signalled events right after the position, in order (see the top of this file) */
+  private buffered: TernEvent[] = [];
 
   constructor(
     private readonly store: Store,
@@ -55,6 +62,9 @@ export class OutboxFollower {
       this.position = events.at(-1)!.seq;
       return;
     }
+    const next = (this.buffered.at(-1)?.seq ?? this.position) + 1;
+    if (events[0]!.seq === next && this.buffered.length + events.length <= BUFFERED_MAX) this.buffered.push(...events);
+    else this.buffered = []; // a gap, or too far behind: the next read goes to the outbox
     this.caughtUp = false;
     this.signalled = true;
     this.wake();
@@ -68,12 +78,19 @@ export class OutboxFollower {
     let missing = 0;
     let scanned = 0;
     while (out.length < limit && scanned < SCAN_PER_READ) {
-      const chunk = this.store.events(this.position, Math.min(1000, SCAN_PER_READ - scanned));
+      const fromMemory = this.buffered.length > 0 && this.buffered[0]!.seq === this.position + 1;
+      if (!fromMemory) this.buffered = [];
+      const want = Math.min(1000, SCAN_PER_READ - scanned);
+      const chunk = fromMemory ? this.buffered.splice(0, want) : this.store.events(this.position, want);
       scanned += chunk.length;
-      for (const e of chunk) {
+      for (let i = 0; i < chunk.length; i++) {
+        const e = chunk[i]!;
         if (e.seq > this.position + 1 && this.position > 0) missing += e.seq - this.position - 1;
         this.position = e.seq;
-        if (this.match(e) && out.push(e) >= limit) break;
+        if (this.match(e) && out.push(e) >= limit) {
+          if (fromMemory) this.buffered.unshift(...chunk.slice(i + 1)); // the rest waits for the next read
+          break;
+        }
       }
       if (!chunk.length || this.position >= this.store.lastSeq) {
         this.caughtUp = true;
@@ -87,6 +104,7 @@ export class OutboxFollower {
   rewind(seq: number): void {
     this.position = seq;
     this.caughtUp = false;
+    this.buffered = [];
   }
 
   /** True when the last read reached the end of the outbox and nothing new has arrived since. */

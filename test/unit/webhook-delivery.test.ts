@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { Store } from '../../src/core/store.js';
+import { describe, expect, it, vi } from 'vitest';
+import { Store, type TernEvent } from '../../src/core/store.js';
 import { OutboxFollower } from '../../src/events/follower.js';
 import { judgeAnswer, publicEvent, retryDelay } from '../../src/events/webhooks.js';
 import { filterOf, matchesFilter } from '../../src/events/types.js';
@@ -71,6 +71,37 @@ describe('OutboxFollower', () => {
     f.rewind(batch[0]!.seq);
     expect(f.read(100).events.map((e) => e.n)).toEqual([7, 8, 9, 10, 11]);
     f.close();
+    await store.close();
+  });
+
+  it('takes just-committed events from memory, and reads exactly what a follower reading the outbox reads', async () => {
+    const store = new Store(tempDir());
+    const isA = (e: TernEvent) => e.tenant === 'a';
+    const live = new OutboxFollower(store, 0, isA);
+    expect(live.read(10).events).toEqual([]);
+    const reads = vi.spyOn(store, 'events');
+    let liveReads = 0;
+    let n = 0;
+    // commits of one to four events, other tenants' among them; reads in pieces, now and then a rewind
+    for (let round = 0; round < 40; round++) {
+      await store.transact((tx) => {
+        for (let i = 0; i < 1 + (round % 4); i++) tx.event('delivered', { tenant: (n + i) % 3 ? 'a' : 'b', n: n + i });
+      });
+      n += 1 + (round % 4);
+      // the same read by a follower at the same position that has been signalled nothing: all from the outbox
+      const cold = new OutboxFollower(store, live.position, isA);
+      const expected = cold.read(1 + (round % 3));
+      cold.close();
+      const before = reads.mock.calls.length;
+      const got = live.read(1 + (round % 3));
+      liveReads += reads.mock.calls.length - before;
+      expect(got).toEqual(expected);
+      if (round % 7 === 6 && got.events.length > 1) live.rewind(got.events[0]!.seq);
+    }
+    reads.mockRestore();
+    // the live follower read the outbox far less often than once per read
+    expect(liveReads).toBeLessThan(20); // one per read (40 or more) without the memory
+    live.close();
     await store.close();
   });
 
