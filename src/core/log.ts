@@ -9,15 +9,14 @@ const WRITE_AT_BYTES = 4096;
 const FLUSH_EVERY_MS = 200;
 
 export function createLogger(opts: { level: string; file?: string }): Logger {
-  // pino flushes what is gathered when the process exits; a kill -9 loses at most the last 200 ms of lines
+  // pino writes what is gathered when the process exits; a kill -9 loses at most the last 200 ms of lines
   // (the events themselves are in the spool's outbox, written with the state they describe)
-  const destination = pino.destination({ dest: opts.file ?? 1, sync: false, mkdir: true, minLength: WRITE_AT_BYTES });
-  setInterval(() => {
-    try {
-      destination.flush();
-    } catch {
-      // destroyed (the node is stopping) or not open yet: nothing to hurry
-    }
-  }, FLUSH_EVERY_MS).unref();
+  const destination = pino.destination({
+    dest: opts.file ?? 1,
+    sync: false,
+    mkdir: true,
+    minLength: WRITE_AT_BYTES,
+    periodicFlush: FLUSH_EVERY_MS,
+  });
   return pino({ level: opts.level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
