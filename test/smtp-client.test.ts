@@ -237,6 +237,19 @@ describe('outbound SMTP client', () => {
     conn.quit();
   });
 
+  it('reads the EHLO reply line by line: a SIZE limit is kept, and a bigger message is not offered', async () => {
+    const server = await scripted({ ehlo: ['SIZE 100', 'PIPELINING', '8BITMIME'] });
+    const conn = await OutboundConnection.open(options(server.port));
+    const body = message('x'.repeat(200) + '\r\n');
+    const err = (await conn.send('s@tern.test', ['a@x.test'], body, { utf8: false, size: body.length }).catch((e) => e)) as DeliveryError;
+    expect(err.response).toMatch(/^552 5\.3\.4 .*limit of 100 bytes/);
+    expect(server.commands.some((c) => c.startsWith('MAIL'))).toBe(false);
+    const small = message('x\r\n');
+    await conn.send('s@tern.test', ['a@x.test'], small, { utf8: false, size: small.length });
+    expect(server.commands.find((c) => c.startsWith('MAIL'))).toBe(`MAIL FROM:<s@tern.test> SIZE=${small.length} BODY=8BITMIME`);
+    conn.quit();
+  });
+
   it('refuses an envelope address with a line break instead of sending it as a command', async () => {
     const server = await scripted({});
     const conn = await OutboundConnection.open(options(server.port));
