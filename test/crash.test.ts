@@ -60,7 +60,13 @@ it('delivers every acknowledged message after kill -9 and restart', { timeout: 1
   expect(deliveredBeforeKill).toBeLessThan(1500); // most acknowledged mail was still queued at the kill
 
   child = await spawnNode(configFile, ports);
-  await sink.waitFor(() => acked.every((id) => (sink!.idCounts.get(id) ?? 0) >= 1), 120_000);
+  const restarted = child;
+  await sink.waitFor(() => acked.every((id) => (sink!.idCounts.get(id) ?? 0) >= 1), 120_000).catch(async (err: Error) => {
+    // say what the restarted node was doing: its output, whether it still runs, and its health
+    const health = await fetch(`http://127.0.0.1:${ports.control}/healthz`, { signal: AbortSignal.timeout(5000) }).then((r) => r.text(), (e: Error) => `no answer: ${e.message}`);
+    const log = fs.readFileSync(path.join(dir, 'tern.log'), 'utf8').split('\n').slice(-20).join('\n');
+    throw new Error(`${err.message}\nrestarted node: exit code ${restarted.proc.exitCode}, /healthz ${health}\noutput:\n${restarted.output()}\nlast log lines:\n${log}`);
+  });
   await new Promise((r) => setTimeout(r, 1000));
 
   const duplicates = [...sink.idCounts.values()].filter((n) => n > 1).length;
